@@ -1,0 +1,3 @@
+"""Studio: run generative image models on your own machine and review every result."""
+
+__version__ = "0.1.0"

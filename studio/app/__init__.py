@@ -1,0 +1,1 @@
+"""The application model: settings, job queue, history. What the UI observes and drives."""

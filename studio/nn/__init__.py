@@ -1,0 +1,1 @@
+"""Network definitions the project owns."""

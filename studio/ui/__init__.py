@@ -1,0 +1,1 @@
+"""Everything Qt: the main window, tool tabs, history panel and widgets."""

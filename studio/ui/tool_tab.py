@@ -1,0 +1,51 @@
+"""What the main window needs of every tool tab: open an image, run, and take a request back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QWidget
+
+if TYPE_CHECKING:
+    from studio.ui.main_window import MainWindow
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+class ToolTab(QWidget):
+    tool = ""
+    title = ""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__()
+        self.window_ = window
+        self.setAcceptDrops(True)
+
+    def open_image(self, path: Path, parent_id: int | None = None) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def load_request(self, request: Any) -> None:
+        """Show a request's parameters in the widgets (re-run from the history)."""
+        raise NotImplementedError
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if _dropped_image(event) is not None:
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        path = _dropped_image(event)
+        if path is not None:
+            event.acceptProposedAction()
+            self.open_image(path)
+
+
+def _dropped_image(event: QDragEnterEvent | QDropEvent) -> Path | None:
+    for url in event.mimeData().urls():
+        if url.isLocalFile() and url.toLocalFile().lower().endswith(IMAGE_SUFFIXES):
+            return Path(url.toLocalFile())
+    return None

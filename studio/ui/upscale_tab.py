@@ -1,0 +1,312 @@
+"""The Upscale tab: an image, a super-resolution model, and the result beside its input.
+
+Builds an UpscaleRequest from the widgets and hands it to the main window's queue; never touches
+the model itself. Several models can run on one image to compare them side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt.utils import create_worker
+
+from studio.app.jobs import Job, JobSnapshot, JobState
+from studio.app.settings import OUTPUT_FORMATS, with_recent_model
+from studio.errors import UserError
+from studio.ui.convert import load_qimage, qimage_from_array
+from studio.ui.image_view import ImageView
+from studio.ui.tool_tab import ToolTab
+
+MODEL_FILTER = "Upscaler models (*.pth *.pt *.safetensors *.ckpt);;All files (*)"
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp);;All files (*)"
+
+
+class UpscaleTab(ToolTab):
+    tool = "upscale"
+    title = "Upscale"
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.input_path: Path | None = None
+        self.parent_id: int | None = None
+        self.model_info: Any = None
+        self._jobs: dict[int, str] = {}  # job id -> model name
+        self._compare_jobs: set[int] = set()
+        self._build()
+        settings = window.ctx.settings
+        for model in settings.recent_models:
+            if Path(model).is_file():
+                self._add_model_item(model)
+        if settings.upscale_model and Path(settings.upscale_model).is_file():
+            self.set_model(Path(settings.upscale_model))
+        self._sync_enabled()
+
+    # -- layout ---------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.open_button = QPushButton("Open image…")
+        self.open_button.clicked.connect(self._choose_image)
+        self.input_label = QLabel("No image — open one or drop it here")
+        self.input_label.setWordWrap(True)
+        self.model_combo = QComboBox()
+        self.model_combo.setMinimumContentsLength(18)
+        self.model_combo.setPlaceholderText("Choose a model file…")
+        self.model_combo.activated.connect(self._model_chosen)
+        self.browse_button = QPushButton("Browse…")
+        self.browse_button.clicked.connect(self._choose_model)
+        self.model_label = QLabel("Any upscaler spandrel reads: Real-ESRGAN, SwinIR, HAT, …")
+        self.model_label.setWordWrap(True)
+        self.custom_scale = QCheckBox("Custom output scale")
+        self.scale_spin = QDoubleSpinBox(minimum=1.0, maximum=16.0, singleStep=0.5, value=2.0)
+        self.scale_spin.setSuffix("×")
+        self.custom_scale.toggled.connect(self.scale_spin.setEnabled)
+        self.scale_spin.setEnabled(False)
+        self.tile_spin = QSpinBox(minimum=0, maximum=4096, singleStep=32)
+        self.tile_spin.setSpecialValueText("Automatic")
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setValue(self.window_.ctx.settings.tile_size)
+        self.format_combo = QComboBox()
+        self.format_combo.addItems(OUTPUT_FORMATS)
+        self.format_combo.setCurrentText(self.window_.ctx.settings.output_format)
+        self.quality_spin = QSpinBox(minimum=1, maximum=100)
+        self.quality_spin.setValue(self.window_.ctx.settings.jpeg_quality)
+        self.run_button = QPushButton("Upscale")
+        self.run_button.setToolTip("Upscale the image (Ctrl+Enter)")
+        self.run_button.setDefault(True)
+        self.run_button.clicked.connect(self.run)
+        self.compare_button = QPushButton("Compare models…")
+        self.compare_button.setToolTip(
+            "Run several models on this image and view them side by side"
+        )
+        self.compare_button.clicked.connect(self._choose_comparison)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.browse_button)
+        form = QFormLayout()
+        form.addRow(self.open_button)
+        form.addRow(self.input_label)
+        form.addRow("Model", model_row)
+        form.addRow(self.model_label)
+        form.addRow(self.custom_scale)
+        form.addRow("Scale", self.scale_spin)
+        form.addRow("Tile", self.tile_spin)
+        form.addRow("Format", self.format_combo)
+        form.addRow("Quality", self.quality_spin)
+        controls = QWidget()
+        column = QVBoxLayout(controls)
+        column.addLayout(form)
+        column.addWidget(self.run_button)
+        column.addWidget(self.compare_button)
+        column.addWidget(self.status)
+        column.addStretch(1)
+        controls.setMaximumWidth(340)
+
+        self.view = ImageView(placeholder="Drop an image here")
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(controls)
+        splitter.addWidget(self.view)
+        splitter.setStretchFactor(1, 1)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(splitter)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def open_image(self, path: Path, parent_id: int | None = None) -> None:
+        try:
+            image = load_qimage(path)
+        except UserError as exc:
+            self.window_.notifications.error(str(exc))
+            return
+        self.input_path = Path(path)
+        self.parent_id = parent_id
+        self.input_label.setText(f"{Path(path).name} — {image.width()}×{image.height()}")
+        self.view.set_before(None)
+        self.view.set_image(image)
+        self._set_status("")
+        self._sync_enabled()
+
+    def set_model(self, path: Path) -> None:
+        """Select a model file; its architecture and scale are read off the GUI thread."""
+        path = Path(path)
+        self._add_model_item(str(path))
+        self.model_combo.setCurrentIndex(self.model_combo.findData(str(path)))
+        self.model_info = None
+        self.model_label.setText(f"Reading {path.name}…")
+        self._sync_enabled()
+        self._inspect_worker = create_worker(
+            _inspect,
+            str(path),
+            _connect={
+                "returned": lambda info, p=str(path): self._model_inspected(p, info),
+                "errored": lambda exc, p=str(path): self._model_failed(p, exc),
+            },
+        )
+
+    def _model_inspected(self, path: str, info: Any) -> None:
+        if self.model_combo.currentData() != path:
+            return
+        self.model_info = info
+        millions = info.parameters / 1e6
+        self.model_label.setText(
+            f"{info.architecture} · ×{info.scale} · {millions:.2f} M parameters"
+        )
+        ctx = self.window_.ctx
+        ctx.update_settings(with_recent_model(ctx.settings, path))
+        self._sync_enabled()
+
+    def _model_failed(self, path: str, exc: Exception) -> None:
+        if self.model_combo.currentData() != path:
+            return
+        self.model_info = None
+        self.model_label.setText("This file cannot be used.")
+        self.window_.notifications.error(str(exc) if isinstance(exc, UserError) else repr(exc))
+        self._sync_enabled()
+
+    def _add_model_item(self, path: str) -> None:
+        if self.model_combo.findData(path) < 0:
+            self.model_combo.addItem(Path(path).name, path)
+            self.model_combo.setItemData(
+                self.model_combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole
+            )
+
+    def _model_chosen(self, index: int) -> None:
+        self.set_model(Path(self.model_combo.itemData(index)))
+
+    def _choose_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose an upscaler model", "", MODEL_FILTER)
+        if path:
+            self.set_model(Path(path))
+
+    def _choose_image(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open an image", "", IMAGE_FILTER)
+        if path:
+            self.open_image(Path(path))
+
+    def _choose_comparison(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Models to compare", "", MODEL_FILTER)
+        if paths:
+            self.compare([Path(p) for p in paths])
+
+    # -- running --------------------------------------------------------------------------
+    def build_request(self, model_path: Path | None = None) -> Any:
+        from studio.engines.upscale import UpscaleRequest
+
+        settings = self.window_.ctx.settings
+        return UpscaleRequest(
+            input_path=str(self.input_path),
+            model_path=str(model_path or self.model_combo.currentData()),
+            scale=self.scale_spin.value() if self.custom_scale.isChecked() else None,
+            tile=self.tile_spin.value(),
+            output_format=self.format_combo.currentText(),
+            quality=self.quality_spin.value(),
+            device=settings.device,
+            precision=settings.precision,
+        )
+
+    def run(self) -> None:
+        if self.input_path is None:
+            self._set_status("Open an image first (or drop one on this tab).", error=True)
+            return
+        if self.model_combo.currentData() is None:
+            self._set_status("Choose a model file first (Browse…).", error=True)
+            return
+        self._submit(self.build_request())
+
+    def compare(self, models: list[Path]) -> None:
+        """Queue one run per model on the current image; the viewer then shows them side by side."""
+        if self.input_path is None:
+            self._set_status("Open an image first (or drop one on this tab).", error=True)
+            return
+        for model in models:
+            job = self._submit(self.build_request(model))
+            self._compare_jobs.add(job.id)
+
+    def load_request(self, request: Any) -> None:
+        self.open_image(Path(request.input_path))
+        self.set_model(Path(request.model_path))
+        self.custom_scale.setChecked(request.scale is not None)
+        if request.scale is not None:
+            self.scale_spin.setValue(request.scale)
+        self.tile_spin.setValue(request.tile)
+        self.format_combo.setCurrentText(request.output_format)
+        self.quality_spin.setValue(request.quality)
+
+    def _submit(self, request: Any) -> Job:
+        model = Path(request.model_path).name
+        title = f"Upscale {Path(request.input_path).name} with {model}"
+        job = self.window_.submit(
+            request, title=title, parent_id=self.parent_id, on_finished=self._finished
+        )
+        self._jobs[job.id] = model
+        self._set_status(f"Queued: {title}")
+        return job
+
+    def job_changed(self, job: JobSnapshot) -> None:
+        """Show a running job's preview (tiles filled in as they finish)."""
+        if job.id in self._jobs and job.state == JobState.RUNNING and job.preview is not None:
+            self.view.set_before(None)
+            self.view.set_image(qimage_from_array(job.preview), keep_view=True)
+            self._set_status(f"{self._jobs[job.id]}: {job.message}")
+
+    def _finished(self, job: JobSnapshot) -> None:
+        model = self._jobs.pop(job.id, "")
+        comparing = job.id in self._compare_jobs
+        self._compare_jobs.discard(job.id)
+        if job.state == JobState.DONE:
+            entry = job.result
+            self.show_result(entry)
+            self._set_status(f"Done with {model} in {entry.duration_s:.1f} s — entry #{entry.id}")
+            if comparing and not self._compare_jobs:
+                self.window_.open_entry(entry.id)
+        elif job.state == JobState.CANCELLED:
+            self._set_status("Cancelled — no output was written.")
+            self._restore_input()
+        else:
+            self._set_status(f"Failed: {job.message}", error=True)
+            self.window_.notifications.error(f"{job.title} failed: {job.message}")
+            self._restore_input()
+
+    def show_result(self, entry: Any) -> None:
+        if not entry.outputs:
+            return
+        self.view.set_image(load_qimage(entry.outputs[0].path))
+        if self.input_path is not None:
+            self.view.set_before(load_qimage(self.input_path))
+
+    def _restore_input(self) -> None:
+        if self.input_path is not None:
+            self.view.set_before(None)
+            self.view.set_image(load_qimage(self.input_path))
+
+    def _set_status(self, text: str, *, error: bool = False) -> None:
+        self.status.setText(text)
+        self.status.setStyleSheet("color:#e06060;" if error else "")
+
+    def _sync_enabled(self) -> None:
+        ready = self.input_path is not None and self.model_combo.currentData() is not None
+        self.run_button.setEnabled(ready)
+        self.compare_button.setEnabled(self.input_path is not None)
+
+
+def _inspect(path: str) -> Any:
+    from studio.models.upscalers import inspect_model
+
+    return inspect_model(path)
