@@ -193,7 +193,8 @@ def cmd_history_review(ctx: AppContext, args: argparse.Namespace) -> int:
 def cmd_history_export(ctx: AppContext, args: argparse.Namespace) -> int:
     report = ctx.history.export_approved(args.approved)
     print(
-        f"exported {report.images} images of {report.entries} approved entries to {args.approved}"
+        f"exported {len(report.files)} files of {len(report.entry_ids)} approved entries "
+        f"to {report.dest_dir} (with {report.audit_json.name} and {report.audit_csv.name})"
     )
     return 0
 
