@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="Studio's precision (auto | fp16 | bf16 | fp32); the reference keeps auto's",
     )
+    parser.add_argument("--batch", type=int, default=None, help="Studio's tiles per pass")
     parser.add_argument("--no-seams", action="store_true", help="skip the untiled comparison")
     args = parser.parse_args(argv)
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     megapixels = (args.size * SCALE) ** 2 / 1e6
 
     def run_studio() -> np.ndarray:
-        return upscale_pixels(studio, info, pixels, tile=args.tile)
+        return upscale_pixels(studio, info, pixels, tile=args.tile, batch=args.batch)
 
     def run_reference() -> np.ndarray:
         return realesrgan_enhance(reference, pixels, scale=SCALE, tile_size=args.tile)

@@ -7,6 +7,7 @@ from dataclasses import replace
 from PySide6.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QFormLayout, QSpinBox, QWidget
 
 from studio.app.settings import DEVICES, OUTPUT_FORMATS, PRECISIONS, Settings
+from studio.ui.upscale_tab import snap_tile
 
 
 class SettingsDialog(QDialog):
@@ -42,7 +43,7 @@ class SettingsDialog(QDialog):
             self._settings,
             device=self.device.currentText(),
             precision=self.precision.currentText(),
-            tile_size=self.tile.value(),
+            tile_size=snap_tile(self.tile.value()),
             output_format=self.output_format.currentText(),
             jpeg_quality=self.quality.value(),
         )

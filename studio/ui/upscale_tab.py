@@ -33,6 +33,7 @@ from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
 from studio.ui.tool_tab import ToolTab
 
+MIN_TILE = 32  # the tiler's smallest tile (studio.engines.tiling.MIN_TILE, which imports torch)
 MODEL_FILTER = "Upscaler models (*.pth *.pt *.safetensors *.ckpt);;All files (*)"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp);;All files (*)"
 
@@ -214,7 +215,7 @@ class UpscaleTab(ToolTab):
             input_path=str(self.input_path),
             model_path=str(model_path or self.model_combo.currentData()),
             scale=self.scale_spin.value() if self.custom_scale.isChecked() else None,
-            tile=self.tile_spin.value(),
+            tile=snap_tile(self.tile_spin.value()),
             output_format=self.format_combo.currentText(),
             quality=self.quality_spin.value(),
             device=settings.device,
@@ -304,6 +305,11 @@ class UpscaleTab(ToolTab):
         ready = self.input_path is not None and self.model_combo.currentData() is not None
         self.run_button.setEnabled(ready)
         self.compare_button.setEnabled(self.input_path is not None)
+
+
+def snap_tile(value: int) -> int:
+    """0 means automatic; anything else is at least the engine's smallest tile."""
+    return 0 if value <= 0 else max(value, MIN_TILE)
 
 
 def _inspect(path: str) -> Any:
