@@ -1,6 +1,8 @@
 """Headless commands: every tool runs from a terminal on the same engines and records history.
 
-    studio upscale IN... -o OUT_DIR --model FILE [--scale S] [--tile N] [--device D]
+    studio upscale IN... -o OUT_DIR [--model FILE] [--scale S] [--tile N] [--device D]
+    studio grade SRC... (--reference REF | --pair BEFORE AFTER | --lut F.cube | --preset F.json)
+                 -o OUT_DIR [--strength S] [--preserve-luminance] [--lut-size N] [--export-lut F]
     studio history list [--json] [--state approved|rejected|pending] [--tool T] [--limit N]
     studio history review ID (--approve | --reject | --pending) [--rating N] [--note TEXT]
     studio history export --approved DIR
@@ -19,9 +21,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from studio.app.context import AppContext, setup_logging
 from studio.app.history import Entry
@@ -69,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--model",
         type=Path,
-        required=True,
+        default=None,
         metavar="FILE",
-        help=".pth or .safetensors upscaler (any architecture spandrel reads)",
+        help=".pth or .safetensors upscaler (any architecture spandrel reads); default: "
+        "Studio's built-in x4 model (x2 for --scale 2 or less)",
     )
     up.add_argument(
         "--scale",
@@ -90,6 +93,45 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--format", choices=OUTPUT_FORMATS, default=None, dest="output_format")
     up.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
     up.set_defaults(handler=cmd_upscale)
+
+    grade = commands.add_parser("grade", help="colour-grade images with normalizing flows")
+    grade.add_argument("inputs", nargs="+", type=Path, metavar="SRC", help="image files or folders")
+    grade.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    source = grade.add_argument_group("what to match (one of)")
+    source.add_argument("--reference", type=Path, metavar="REF", help="take this photo's colours")
+    source.add_argument(
+        "--pair",
+        type=Path,
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="learn the edit that turned BEFORE into AFTER",
+    )
+    source.add_argument("--lut", type=Path, metavar="FILE.cube", help="apply a .cube 3D LUT")
+    source.add_argument("--preset", type=Path, metavar="FILE.json", help="apply a saved grade")
+    grade.add_argument("--strength", type=float, default=1.0, help="0-2 (1 = full grade)")
+    grade.add_argument(
+        "--preserve-luminance",
+        action="store_true",
+        help="transfer colour only, keep the source's lightness",
+    )
+    grade.add_argument("--lut-size", type=int, choices=(17, 33, 65), default=33)
+    grade.add_argument(
+        "--interpolation",
+        choices=("trilinear", "tetrahedral"),
+        default="trilinear",
+        help="how the LUT is read between its points",
+    )
+    grade.add_argument(
+        "--export-lut", type=Path, metavar="FILE.cube", help="also write the grade as a .cube LUT"
+    )
+    grade.add_argument("--iterations", type=int, help="flow fitting iterations")
+    grade.add_argument("--layers", type=int, help="coupling layers per flow")
+    grade.add_argument("--hidden", type=int, help="hidden width of the coupling networks")
+    grade.add_argument("--seed", type=int, default=0)
+    grade.add_argument("--device", choices=DEVICES, default=None)
+    grade.add_argument("--format", choices=OUTPUT_FORMATS, default=None, dest="output_format")
+    grade.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
+    grade.set_defaults(handler=cmd_grade)
 
     hist = commands.add_parser("history", help="list, review and export the history")
     hist_commands = hist.add_subparsers(dest="history_command", metavar="ACTION", required=True)
@@ -124,29 +166,109 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_upscale(ctx: AppContext, args: argparse.Namespace) -> int:
     from studio.engines.upscale import UpscaleRequest
+    from studio.models.shipped import default_upscaler
     from studio.models.upscalers import inspect_model
 
     files = list(expand_inputs(args.inputs))
-    model = inspect_model(args.model)  # a bad model file fails once, before any image
-    print(f"model: {model.name} ({model.architecture}, x{model.scale})", file=sys.stderr)
-    args.output.mkdir(parents=True, exist_ok=True)
+    model_path = args.model or default_upscaler(2 if args.scale and args.scale <= 2 else 4)
+    model = inspect_model(model_path)  # a bad model file fails once, before any image
+    built_in = "" if args.model else ", built in"
+    print(f"model: {model.name} ({model.architecture}, x{model.scale}{built_in})", file=sys.stderr)
     settings = ctx.settings
+
+    def request_for(path: Path) -> UpscaleRequest:
+        return UpscaleRequest(
+            input_path=str(path.resolve()),
+            model_path=str(model_path.resolve()),
+            scale=args.scale,
+            tile=settings.tile_size if args.tile is None else args.tile,
+            output_format=args.output_format or settings.output_format,
+            quality=args.quality or settings.jpeg_quality,
+            device=args.device or settings.device,
+            precision=args.precision or settings.precision,
+        )
+
+    return run_batch(ctx, files, request_for, args.output)
+
+
+def cmd_grade(ctx: AppContext, args: argparse.Namespace) -> int:
+    from studio.engines.grade import GradeRequest
+
+    files = list(expand_inputs(args.inputs))
+    settings = ctx.settings
+    modes = {
+        "reference": args.reference,
+        "pair": args.pair,
+        "lut": args.lut,
+        "preset": args.preset,
+    }
+    chosen = [mode for mode, value in modes.items() if value]
+    if len(chosen) != 1:
+        raise UserError("give exactly one of --reference, --pair, --lut or --preset.")
+    mode = chosen[0]
+    paths = {
+        "reference_path": args.reference,
+        "before_path": args.pair[0] if args.pair else None,
+        "after_path": args.pair[1] if args.pair else None,
+        "lut_path": args.lut,
+        "preset_path": args.preset,
+    }
+    for name, path in paths.items():
+        if path is not None and not path.is_file():
+            raise UserError(f"{name.removesuffix('_path').replace('_', ' ')} not found: {path}")
+    optional = {
+        "coupling_layers": args.layers,
+        "hidden": args.hidden,
+        "iterations": args.iterations,
+    }
+
+    def request_for(path: Path) -> GradeRequest:
+        return GradeRequest(
+            input_path=str(path.resolve()),
+            mode=mode,
+            **{k: str(v.resolve()) for k, v in paths.items() if v is not None},
+            strength=args.strength,
+            preserve_luminance=args.preserve_luminance,
+            lut_size=args.lut_size,
+            interpolation=args.interpolation,
+            seed=args.seed,
+            output_format=args.output_format or settings.output_format,
+            quality=args.quality or settings.jpeg_quality,
+            device=args.device or settings.device,
+            **{k: v for k, v in optional.items() if v is not None},
+        )
+
+    def export_lut(entry: Entry, source: Path) -> None:
+        if args.export_lut is None:
+            return
+        cube = next((o.path for o in entry.outputs if o.path.suffix == ".cube"), None)
+        if cube is None:
+            raise UserError(f"entry #{entry.id} has no LUT to export.")
+        target = args.export_lut
+        if len(files) > 1:  # one LUT per source: a reference match depends on the source
+            target = target.with_name(f"{target.stem}_{source.stem}{target.suffix or '.cube'}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copy_atomically(cube, target)
+        print(f"LUT -> {target}", file=sys.stderr)
+
+    return run_batch(ctx, files, request_for, args.output, after=export_lut)
+
+
+def run_batch(
+    ctx: AppContext,
+    files: Sequence[Path],
+    request_for: Callable[[Path], Any],
+    out_dir: Path,
+    after: Callable[[Entry, Path], None] | None = None,
+) -> int:
+    """Run one request per file, each its own history entry; a bad file does not stop the rest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     with cancel_on_interrupt() as cancel:
         for index, path in enumerate(files, 1):
-            request = UpscaleRequest(
-                input_path=str(path.resolve()),
-                model_path=str(args.model.resolve()),
-                scale=args.scale,
-                tile=settings.tile_size if args.tile is None else args.tile,
-                output_format=args.output_format or settings.output_format,
-                quality=args.quality or settings.jpeg_quality,
-                device=args.device or settings.device,
-                precision=args.precision or settings.precision,
-            )
             bar = ProgressBar(f"[{index}/{len(files)}] {path.name}", sys.stderr)
             try:
-                entry = execute(ctx, request, progress=bar, cancelled=cancel.is_set)
+                entry = execute(ctx, request_for(path), progress=bar, cancelled=cancel.is_set)
             except Cancelled:
                 bar.close("cancelled")
                 return EXIT_CANCELLED
@@ -155,8 +277,10 @@ def cmd_upscale(ctx: AppContext, args: argparse.Namespace) -> int:
                 print(f"studio: {path}: {exc}", file=sys.stderr)
                 failures += 1
                 continue
-            written = export_output(entry, path, args.output)
+            written = export_output(entry, path, out_dir)
             bar.close(f"-> {written}  ({entry.model_name}, {entry.duration_s:.1f} s, #{entry.id})")
+            if after is not None:
+                after(entry, path)
     if failures:
         print(f"studio: {failures} of {len(files)} images failed", file=sys.stderr)
     return EXIT_FAILED if failures else 0
@@ -237,7 +361,7 @@ def expand_inputs(paths: Sequence[Path]) -> Iterator[Path]:
 
 
 def export_output(entry: Entry, source: Path, out_dir: Path) -> Path:
-    """Copy the entry's output next to the others, never overwriting a file that is there."""
+    """Copy the entry's image next to the others, never overwriting a file that is there."""
     output = entry.outputs[0].path
     scale = entry.request.get("scale") or entry.facts.get("scale")
     tag = f"_x{scale:g}" if isinstance(scale, (int, float)) else f"_{entry.tool}"
@@ -246,10 +370,17 @@ def export_output(entry: Entry, source: Path, out_dir: Path) -> Path:
     while target.exists():
         target = out_dir / f"{source.stem}{tag}-{counter}{output.suffix}"
         counter += 1
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(output, tmp)
-    os.replace(tmp, target)
+    copy_atomically(output, target)
     return target
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

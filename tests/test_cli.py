@@ -124,3 +124,13 @@ def test_the_installed_command_runs_headless(tmp_path, shoot, model):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o" / "a_x4.png").is_file()
     assert "compact-x4" in result.stderr
+
+
+def test_without_a_model_the_built_in_upscaler_runs_and_is_named(tmp_path, shoot, capsys):
+    out = tmp_path / "out"
+    assert main(["upscale", str(shoot / "a.png"), "-o", str(out)]) == 0
+    assert Image.open(out / "a_x4.png").size == (96, 80)
+    assert "studio-compact-x4" in capsys.readouterr().err
+    assert main(["upscale", str(shoot / "a.png"), "-o", str(out), "--scale", "2"]) == 0
+    assert "studio-compact-x2" in capsys.readouterr().err
+    assert Image.open(out / "a_x2.png").size == (48, 40)

@@ -79,7 +79,7 @@ _ENTRY_COLUMNS = (
 )
 _ENTRY_FIELDS = tuple(name.strip() for name in _ENTRY_COLUMNS.split(","))
 _RUN_FACTS = ("model_name", "model_sha256", "seed", "device", "dtype", "duration_s")
-_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,10}")
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,16}")  # long enough for .safetensors
 _ENTRY_FILE = re.compile(r"\.?(\d+)-")  # outputs, thumbs and their temporaries start '<id>-'
 _ID_CHUNK = 500  # stays far below SQLite's bound-parameter limit
 _SEARCHED = (

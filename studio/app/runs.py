@@ -10,7 +10,8 @@ import errno
 import importlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from studio import __version__
@@ -44,14 +45,29 @@ TOOLS: dict[str, Tool] = {
         request_class="UpscaleRequest",
         digital_source_type=COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
     ),
+    "grade": Tool(
+        name="grade",
+        title="Grade",
+        engine_module="studio.engines.grade",
+        request_class="GradeRequest",
+        digital_source_type=COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
+    ),
 }
 
 SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 
 
 def request_from_entry(entry: Entry) -> Any:
-    """Rebuild the request an entry ran with, for re-run."""
-    return TOOLS[entry.tool].request_type().from_dict(entry.request)
+    """Rebuild the request an entry ran with, reading the history's copies of its images.
+
+    The stored copies are what ran: the originals may since have moved, changed or gone.
+    """
+    request = TOOLS[entry.tool].request_type().from_dict(entry.request)
+    names = [name for name in request.image_fields if getattr(request, name)]
+    if len(names) != len(entry.inputs):
+        return request
+    stored = {name: str(stored.path) for name, stored in zip(names, entry.inputs, strict=True)}
+    return replace(request, **stored)
 
 
 def execute(
@@ -76,19 +92,28 @@ def execute(
             raise Cancelled
         facts: RunFacts = result.facts
         progress(1.0, "Saving")
-        outputs = []
-        for position, picture in enumerate(result.pictures):
-            path = history.output_path(entry_id, position, SUFFIXES[request.output_format])
-            provenance = _provenance(entry_id, tool, request, facts)
+        outputs: list[Path] = []
+
+        def next_output(suffix: str) -> Path:
+            path = history.output_path(entry_id, len(outputs), suffix)
+            outputs.append(path)
+            return path
+
+        provenance = _provenance(entry_id, tool, request, facts)
+        for picture in result.pictures:
             save_picture(
                 picture,
-                path,
+                next_output(SUFFIXES[request.output_format]),
                 fmt=request.output_format,
                 quality=request.quality,
                 provenance=provenance,
-                digital_source_type=tool.digital_source_type,
+                digital_source_type=getattr(
+                    result, "digital_source_type", tool.digital_source_type
+                ),
             )
-            outputs.append(path)
+        write_extras = getattr(result, "write_extras", None)
+        if write_extras is not None:  # files beside the images, e.g. a fitted grade and its LUT
+            write_extras(next_output)
         return history.complete(
             entry_id,
             outputs,

@@ -68,6 +68,7 @@ class UpscaleRequest:
     precision: str = "auto"  # auto | fp16 | bf16 | fp32
 
     tool: ClassVar[str] = "upscale"
+    image_fields: ClassVar[tuple[str, ...]] = ("input_path",)  # the images it reads, in order
 
     def __post_init__(self) -> None:
         for name in ("input_path", "model_path"):
@@ -115,7 +116,7 @@ class UpscaleRequest:
         return cls(**{key: value for key, value in data.items() if key in known})
 
     def input_paths(self) -> list[str]:
-        return [self.input_path]
+        return [getattr(self, name) for name in self.image_fields if getattr(self, name)]
 
 
 def _check_scale(scale: float | None) -> None:

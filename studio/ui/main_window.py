@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from studio.app.jobs import Job, JobSnapshot
 from studio.app.runs import TOOLS, execute, request_from_entry
 from studio.errors import UserError
 from studio.ui.entry_viewer import EntryViewer
+from studio.ui.grade_tab import GradeTab
 from studio.ui.history_panel import HistoryPanel
 from studio.ui.jobs import JobsWidget, QtJobs
 from studio.ui.notifications import NotificationBar
@@ -43,7 +43,7 @@ class MainWindow(QMainWindow):
         self.resize(1400, 880)
         self.jobs = QtJobs(ctx.jobs, self)
         self.notifications = NotificationBar()
-        self.tool_tabs: dict[str, ToolTab] = {"upscale": UpscaleTab(self)}
+        self.tool_tabs: dict[str, ToolTab] = {"upscale": UpscaleTab(self), "grade": GradeTab(self)}
         self.tabs = QTabWidget()
         for tab in self.tool_tabs.values():
             self.tabs.addTab(tab, tab.title)
@@ -160,8 +160,6 @@ class MainWindow(QMainWindow):
         except (UserError, TypeError, ValueError) as exc:
             self.notifications.error(f"Entry #{entry_id} cannot be re-run: {exc}")
             return
-        if entry.inputs:  # the stored copy: the original may have moved or changed since
-            request = replace(request, input_path=str(entry.inputs[0].path))
         self.tabs.setCurrentWidget(tab)
         tab.load_request(request)
         tab.run()

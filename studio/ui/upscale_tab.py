@@ -29,6 +29,7 @@ from superqt.utils import create_worker
 from studio.app.jobs import Job, JobSnapshot, JobState
 from studio.app.settings import OUTPUT_FORMATS, with_recent_model
 from studio.errors import UserError
+from studio.models.shipped import shipped_upscalers
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
 from studio.ui.tool_tab import ToolTab
@@ -51,11 +52,16 @@ class UpscaleTab(ToolTab):
         self._compare_jobs: set[int] = set()
         self._build()
         settings = window.ctx.settings
+        for model in shipped_upscalers():
+            self._add_model_item(str(model), f"{model.stem} (built in)")
         for model in settings.recent_models:
             if Path(model).is_file():
                 self._add_model_item(model)
-        if settings.upscale_model and Path(settings.upscale_model).is_file():
-            self.set_model(Path(settings.upscale_model))
+        chosen = Path(settings.upscale_model) if settings.upscale_model else None
+        if chosen is None or not chosen.is_file():
+            chosen = next(iter(shipped_upscalers()), None)  # works out of the box
+        if chosen is not None:
+            self.set_model(chosen)
         self._sync_enabled()
 
     # -- layout ---------------------------------------------------------------------------
@@ -181,9 +187,9 @@ class UpscaleTab(ToolTab):
         self.window_.notifications.error(str(exc) if isinstance(exc, UserError) else repr(exc))
         self._sync_enabled()
 
-    def _add_model_item(self, path: str) -> None:
+    def _add_model_item(self, path: str, label: str | None = None) -> None:
         if self.model_combo.findData(path) < 0:
-            self.model_combo.addItem(Path(path).name, path)
+            self.model_combo.addItem(label or Path(path).name, path)
             self.model_combo.setItemData(
                 self.model_combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole
             )

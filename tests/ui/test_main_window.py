@@ -190,3 +190,13 @@ def test_shortcuts_for_run_cancel_approve_and_reject(window):
 def test_status_bar_names_the_compute_device(window, qtbot):
     qtbot.waitUntil(lambda: "detecting" not in window.device_label.text(), timeout=30_000)
     assert "CPU" in window.device_label.text() or "CUDA" in window.device_label.text()
+
+
+def test_the_built_in_upscaler_is_chosen_on_a_fresh_install(window, qtbot, photo):
+    tab = window.tool_tabs["upscale"]
+    assert "built in" in tab.model_combo.currentText()
+    qtbot.waitUntil(lambda: tab.model_info is not None, timeout=20_000)
+    tab.open_image(photo)
+    job = run_and_wait(window, qtbot)
+    assert job.state == JobState.DONE, job.message
+    assert job.result.model_name == "studio-compact-x4"

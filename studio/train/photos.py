@@ -1,0 +1,60 @@
+"""Which photographs train the shipped upscalers, which choose checkpoints, and which test them.
+
+The split is fixed by file name so that training, the checkpoint choice and the quality bench never
+see each other's pictures. The names are those of two Debian packages, installed by default on the
+machine the models were trained on:
+
+- mate-backgrounds (GPL-2+), under /usr/share/backgrounds/mate/nature
+- lomiri-wallpapers-16.04 (CC-BY-4.0, CC-BY-SA-4.0, CC0-1.0), under /usr/share/backgrounds
+
+Any other folder of photographs trains too: every picture in it whose name is not held out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+# Never trained on, never used to choose a checkpoint: `bench/upscale_quality.py` measures on these.
+TEST_PHOTOS = (
+    "Picture_1A_by_freespace.jpg",  # lomiri, CC-BY-4.0: paint brushes, a product-like still life
+    "Wine_by_Jakkub_Mede.jpg",  # lomiri, CC-BY-4.0: an interior
+    "seeding_by_Clements_Engelhardt.jpg",  # lomiri, CC0-1.0: dandelions (the test crop's source)
+    "LadyBird.jpg",  # mate, GPL-2+: macro
+    "Wood.jpg",  # mate, GPL-2+: texture
+    "Garden.jpg",  # mate, GPL-2+: a flower
+)
+# Not trained on; training measures on them to keep its best checkpoint.
+VALIDATION_PHOTOS = (
+    "life_by_Aitzol_Berasategi.jpg",  # lomiri, CC-BY-4.0: a stream among rocks
+    "Dune.jpg",  # mate, GPL-2+: grass
+)
+# Not used at all: a smooth colour gradient, not a photograph.
+UNUSED_PHOTOS = ("umang_by_Abhishek_Mudgal.jpg",)
+
+HELD_OUT = frozenset(TEST_PHOTOS + VALIDATION_PHOTOS + UNUSED_PHOTOS)
+
+
+def find_photos(folders: Iterable[str | Path]) -> list[Path]:
+    """Every picture directly in `folders` (not in subfolders), sorted by name, each name once."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not a folder of photographs.")
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in PHOTO_SUFFIXES and path.is_file():
+                found.setdefault(path.name, path)
+    return [found[name] for name in sorted(found)]
+
+
+def training_photos(folders: Iterable[str | Path]) -> list[Path]:
+    return [path for path in find_photos(folders) if path.name not in HELD_OUT]
+
+
+def named_photos(folders: Iterable[str | Path], names: Iterable[str]) -> list[Path]:
+    """The photos called `names` under `folders`, in the order of `names`; missing ones skipped."""
+    by_name = {path.name: path for path in find_photos(folders)}
+    return [by_name[name] for name in names if name in by_name]
