@@ -27,7 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/upscale.py
 
 screenshot: $(STAMP)
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m studio.ui.screenshot docs/main-window.png
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m studio.ui.screenshot docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

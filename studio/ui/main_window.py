@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QThreadPool
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
@@ -210,6 +210,9 @@ class MainWindow(QMainWindow):
         self.ctx.jobs.cancel_all()
         self.ctx.jobs.wait_idle(timeout=30)
         self.jobs.detach()
+        # Background readers (model info, colour samples, heat maps) signal this window when
+        # they finish: let them finish while it still exists.
+        QThreadPool.globalInstance().waitForDone(10_000)
         for viewer in self.viewers:
             viewer.close()
         super().closeEvent(event)

@@ -1,8 +1,9 @@
-"""The README's picture of the main window: a real photo upscaled and reviewed in a real window.
+"""The README's pictures of the main window: real photos upscaled and graded in a real window.
 
-    xvfb-run -a python -m studio.ui.screenshot docs/main-window.png [--image PHOTO] [--model FILE]
+    xvfb-run -a python -m studio.ui.screenshot docs/   [--model FILE]
 
-Runs on a throw-away STUDIO_HOME so it never touches the user's history.
+Writes main-window.png (Upscale tab, built-in model) and grade-tab.png (a reference match). Runs on
+a throw-away STUDIO_HOME so it never touches the user's history.
 """
 
 from __future__ import annotations
@@ -11,69 +12,91 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-SAMPLE_PHOTOS = (
-    Path("/usr/share/backgrounds/mate/nature/LadyBird.jpg"),
-    Path("/usr/share/backgrounds/mate/nature/FreshFlower.jpg"),
-)
+PHOTOS = Path("/usr/share/backgrounds/mate/nature")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("output", type=Path)
-    parser.add_argument("--image", type=Path, default=None)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--crop", type=int, default=320, help="side of the centre crop to upscale")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--model", type=Path, default=None, help="default: the built-in x4")
     args = parser.parse_args(argv)
-    os.environ["STUDIO_HOME"] = tempfile.mkdtemp(prefix="studio-screenshot-")
+    if not PHOTOS.is_dir():
+        print("needs sample photos: apt-get install mate-backgrounds", file=sys.stderr)
+        return 2
+    home = Path(tempfile.mkdtemp(prefix="studio-screenshot-"))
+    os.environ["STUDIO_HOME"] = str(home)
 
-    from PIL import Image
-    from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
     from studio.app.context import AppContext
     from studio.ui.main_window import MainWindow
-
-    source = args.image or next((p for p in SAMPLE_PHOTOS if p.is_file()), None)
-    if source is None:
-        print("no sample photo: pass --image or apt-get install mate-backgrounds", file=sys.stderr)
-        return 2
-    with Image.open(source) as photo:
-        side = min(args.crop, *photo.size)
-        left, top = (photo.width - side) // 2, (photo.height - side) // 2
-        crop = Path(os.environ["STUDIO_HOME"]) / f"{source.stem}.png"
-        photo.convert("RGB").crop((left, top, left + side, top + side)).save(crop)
 
     app = QApplication.instance() or QApplication(sys.argv)
     ctx = AppContext.open()
     window = MainWindow(ctx)
     window.resize(1500, 900)
     window.show()
-    tab = window.tool_tabs["upscale"]
-    tab.open_image(crop)
-    tab.set_model(args.model)
-    _wait(app, lambda: tab.model_info is not None or bool(window.notifications.text()))
-    loop = QEventLoop()
-    window.jobs.finished.connect(lambda job: loop.quit())
-    tab.run()
-    loop.exec()
+    args.folder.mkdir(parents=True, exist_ok=True)
+
+    upscale = window.tool_tabs["upscale"]
+    small = _crop(PHOTOS / "LadyBird.jpg", home / "ladybird.png", 720, (0.70, 0.50), shrink=4)
+    upscale.open_image(small)
+    if args.model is not None:
+        upscale.set_model(args.model)
+    _wait(app, lambda: upscale.model_info is not None or bool(window.notifications.text()))
+    _run(app, window, upscale.run)
     window.history_panel.approve_selected()
-    tab.view.set_split(0.45)
+    upscale.view.set_split(0.5)
     _wait(app, lambda: "detecting" not in window.device_label.text())
-    QTimer.singleShot(300, loop.quit)
-    loop.exec()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    window.grab().save(str(args.output))
-    print(f"wrote {args.output}")
+    _save(app, window, args.folder / "main-window.png")
+
+    grade = window.tool_tabs["grade"]
+    window.tabs.setCurrentWidget(grade)
+    grade.open_image(_crop(PHOTOS / "GreenMeadow.jpg", home / "meadow.png", 900, (0.5, 0.5)))
+    grade.set_mode("reference")
+    grade.set_file("reference", _crop(PHOTOS / "Dune.jpg", home / "dune.png", 900, (0.5, 0.5)))
+    _run(app, window, grade.run)
+    grade.view.set_split(0.5)
+    plots = (grade.source_plot, grade.reference_plot, grade.result_plot)
+    _wait(app, lambda: all(plot.samples() is not None for plot in plots), timeout_s=30)
+    _save(app, window, args.folder / "grade-tab.png")
     window.close()
     ctx.close()
     return 0
 
 
-def _wait(app, condition, timeout_s: float = 60.0) -> None:
-    import time
+def _crop(
+    source: Path, target: Path, side: int, centre: tuple[float, float], shrink: int = 1
+) -> Path:
+    """A square crop; `shrink` makes it a small web-sized picture, what upscaling is for."""
+    from PIL import Image
 
+    with Image.open(source) as photo:
+        side = min(side, *photo.size)
+        left = int(min(max(photo.width * centre[0] - side / 2, 0), photo.width - side))
+        top = int(min(max(photo.height * centre[1] - side / 2, 0), photo.height - side))
+        crop = photo.convert("RGB").crop((left, top, left + side, top + side))
+        crop.resize((side // shrink, side // shrink), Image.Resampling.BICUBIC).save(target)
+    return target
+
+
+def _run(app, window, start) -> None:
+    done = []
+    window.jobs.finished.connect(done.append)
+    start()
+    _wait(app, lambda: bool(done), timeout_s=600)
+
+
+def _save(app, window, path: Path) -> None:
+    _wait(app, lambda: False, timeout_s=0.5)  # let the views repaint
+    window.grab().save(str(path))
+    print(f"wrote {path}")
+
+
+def _wait(app, condition, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition() and time.monotonic() < deadline:
         app.processEvents()
