@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ from studio.app.settings import DEVICES, OUTPUT_FORMATS, PRECISIONS
 from studio.engines.base import Cancelled
 from studio.errors import UserError
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -52,9 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"studio: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:
-        import logging
-
-        logging.getLogger(__name__).exception("command failed")
+        log.exception("command failed")
         print(f"studio: {describe_error(exc)} (details in {log_file})", file=sys.stderr)
         return EXIT_FAILED
     finally:
@@ -266,15 +266,19 @@ def run_batch(
     failures = 0
     with cancel_on_interrupt() as cancel:
         for index, path in enumerate(files, 1):
+            if cancel.is_set():  # Ctrl-C between two files: stop before the next one starts
+                return EXIT_CANCELLED
             bar = ProgressBar(f"[{index}/{len(files)}] {path.name}", sys.stderr)
             try:
                 entry = execute(ctx, request_for(path), progress=bar, cancelled=cancel.is_set)
             except Cancelled:
                 bar.close("cancelled")
                 return EXIT_CANCELLED
-            except UserError as exc:
+            except Exception as exc:  # one bad file must not stop the batch
+                if not isinstance(exc, UserError):
+                    log.exception("%s failed", path)
                 bar.close("failed")
-                print(f"studio: {path}: {exc}", file=sys.stderr)
+                print(f"studio: {path}: {describe_error(exc)}", file=sys.stderr)
                 failures += 1
                 continue
             written = export_output(entry, path, out_dir)

@@ -65,7 +65,10 @@ def request_from_entry(entry: Entry) -> Any:
     request = TOOLS[entry.tool].request_type().from_dict(entry.request)
     names = [name for name in request.image_fields if getattr(request, name)]
     if len(names) != len(entry.inputs):
-        return request
+        raise UserError(
+            f"entry #{entry.id} stored {len(entry.inputs)} input images where its request "
+            f"reads {len(names)}; it cannot be re-run exactly."
+        )
     stored = {name: str(stored.path) for name, stored in zip(names, entry.inputs, strict=True)}
     return replace(request, **stored)
 

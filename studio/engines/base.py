@@ -2,34 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from studio.errors import UserError
+from studio.progress import CancelCheck, Cancelled, Progress, never_cancelled, no_progress
 
-
-class Cancelled(Exception):
-    """Raised by an engine that saw `cancelled()` turn true; it leaves no output behind."""
+__all__ = [
+    "CancelCheck",
+    "Cancelled",
+    "EngineError",
+    "Progress",
+    "RunFacts",
+    "never_cancelled",
+    "no_progress",
+]
 
 
 class EngineError(UserError):
     """A failure the user can act on; the message says what failed and what to do next."""
-
-
-class Progress(Protocol):
-    def __call__(self, fraction: float, message: str, preview: Any | None = None) -> None: ...
-
-
-CancelCheck = Callable[[], bool]
-
-
-def no_progress(fraction: float, message: str, preview: Any | None = None) -> None:
-    """A progress sink for callers that do not watch."""
-
-
-def never_cancelled() -> bool:
-    return False
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from studio.errors import UserError
 from studio.ui.colour_plots import ChromaPlot, ChromaSamples, HeatLegend, sample_chroma
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
+from studio.ui.jobs import failure_text
 from studio.ui.tool_tab import IMAGE_SUFFIXES, ToolTab
 
 if TYPE_CHECKING:
@@ -417,6 +418,9 @@ class GradeTab(ToolTab):
         except UserError as exc:
             self.window_.notifications.error(f"Cannot grade: {exc}")
             return None
+        return self.submit(request)
+
+    def submit(self, request: Any) -> Job:
         job = self.window_.submit(
             request, title=_title(request), parent_id=self.parent_id, on_finished=self._finished
         )
@@ -462,7 +466,7 @@ class GradeTab(ToolTab):
             self._set_status("Cancelled — no output was written.")
             self._restore_input()
         else:
-            message = _job_error(job)
+            message = failure_text(job)
             self._set_status(f"Failed: {message}", error=True)
             self.window_.notifications.error(f"{job.title} failed: {message}")
             self._restore_input()
@@ -625,7 +629,7 @@ class GradeTab(ToolTab):
         else:
             self._batch_counts["failed"] += 1
             if job.state == JobState.FAILED:
-                self.window_.notifications.error(f"{job.title} failed: {_job_error(job)}")
+                self.window_.notifications.error(f"{job.title} failed: {failure_text(job)}")
         done, failed = self._batch_counts["done"], self._batch_counts["failed"]
         if self._batch:
             self._set_status(f"Batch: {done + failed} finished, {len(self._batch)} to go")
@@ -805,10 +809,6 @@ def _title(request: GradeRequest) -> str:
     if request.mode == "lut":
         return f"Grade {name} with {Path(request.lut_path or '').name}"
     return f"Grade {name} with {Path(request.preset_path or '').name}"
-
-
-def _job_error(job: JobSnapshot) -> str:
-    return describe_error(job.error) if job.error is not None else job.message
 
 
 def _with_suffix(path: Path, suffix: str) -> Path:

@@ -284,6 +284,14 @@ class HistoryPanel(QWidget):
         self._load_page(keep_id=entry_id, fallback_row=-1)
         return self.current_id() == entry_id
 
+    def show_new_entry(self, entry_id: int) -> bool:
+        """Select a just-finished entry, unless the user is reviewing in the list: a selection
+        that moved under their keys would approve an entry they never looked at. Never turns
+        pages or clears filters."""
+        if self.list_view.hasFocus():
+            return False
+        return self._select_id(entry_id)
+
     def current_id(self) -> int | None:
         entry = self.current_entry()
         return entry.id if entry else None

@@ -9,6 +9,7 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 from studio.app.jobs import Job, JobQueue, JobSnapshot, JobState, Work
+from studio.app.runs import describe_error
 
 
 class QtJobs(QObject):
@@ -22,17 +23,21 @@ class QtJobs(QObject):
         super().__init__(parent)
         self.queue = queue
         self._relay.connect(self._deliver, Qt.ConnectionType.QueuedConnection)
-        self._unsubscribe = queue.subscribe(self._relay.emit)
-        self._callbacks: dict[int, Callable[[Job], None]] = {}
+        # A snapshot, taken on the worker thread: the job itself changes before Qt delivers it.
+        self._unsubscribe = queue.subscribe(lambda job: self._relay.emit(job.snapshot()))
+        self._callbacks: dict[int, Callable[[JobSnapshot], None]] = {}
 
     def submit(
-        self, title: str, work: Work, on_finished: Callable[[Job], None] | None = None
+        self, title: str, work: Work, on_finished: Callable[[JobSnapshot], None] | None = None
     ) -> Job:
+        """Queue `work`; `on_finished` runs once, on this thread, with the job's final snapshot.
+
+        It is registered before any of the job's changes can be delivered: they are queued to
+        this thread, which is busy here.
+        """
         job = self.queue.submit(title, work)
         if on_finished is not None:
             self._callbacks[job.id] = on_finished
-            if job.state.finished:  # finished before we registered: deliver anyway
-                self._relay.emit(job)
         return job
 
     def cancel(self, job: Job) -> None:
@@ -107,12 +112,17 @@ class JobsWidget(QWidget):
         self.eta.setText(f"ETA {_duration(eta)}" if eta is not None else "")
 
 
+def failure_text(job: JobSnapshot) -> str:
+    """Why a job failed, in the words the history and the CLI use."""
+    return describe_error(job.error) if job.error is not None else job.message
+
+
 def _outcome(job: JobSnapshot) -> str:
     if job.state == JobState.DONE:
         return "done"
     if job.state == JobState.CANCELLED:
         return "cancelled"
-    return f"failed: {job.message}"
+    return f"failed: {failure_text(job)}"
 
 
 def _duration(seconds: float) -> str:

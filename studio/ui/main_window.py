@@ -148,7 +148,11 @@ class MainWindow(QMainWindow):
 
     def rerun(self, entry_id: int) -> None:
         """Run an entry's request again in its tab, with the same parameters."""
-        entry = self.ctx.history.get(entry_id)
+        try:
+            entry = self.ctx.history.get(entry_id)
+        except LookupError:
+            self.notifications.error(f"Entry #{entry_id} no longer exists.")
+            return
         tab = self.tool_tabs.get(entry.tool)
         if tab is None or entry.tool not in TOOLS:
             self.notifications.error(
@@ -160,9 +164,15 @@ class MainWindow(QMainWindow):
         except (UserError, TypeError, ValueError) as exc:
             self.notifications.error(f"Entry #{entry_id} cannot be re-run: {exc}")
             return
+        missing = [path for path in request.input_paths() if not Path(path).is_file()]
+        if missing:
+            self.notifications.error(
+                f"Entry #{entry_id} cannot be re-run: its input {missing[0]} is missing."
+            )
+            return
         self.tabs.setCurrentWidget(tab)
-        tab.load_request(request)
-        tab.run()
+        tab.load_request(request)  # shows what runs; the stored request runs as it was
+        tab.submit(request)
 
     def send_to(self, entry_id: int, tab_title: str) -> None:
         entry = self.ctx.history.get(entry_id)
@@ -203,7 +213,7 @@ class MainWindow(QMainWindow):
         self.history_panel.refresh()
         entry = getattr(job.result, "id", None)
         if entry is not None:
-            self.history_panel.select_entry(entry)
+            self.history_panel.show_new_entry(entry)
         self.refresh_device()
 
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -1,14 +1,14 @@
 """One place where errors and notices reach the user: a bar above the tabs, never a blocking box.
 
 Errors stay until dismissed (they say what failed and what to do); notices fade after a while.
-Every message is also logged, with the trace for errors.
+Every message is also logged; the traces of unexpected errors are logged where they are caught.
 """
 
 from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QToolButton, QWidget
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ class NotificationBar(QWidget):
         super().__init__(parent)
         self.label = QLabel()
         self.label.setWordWrap(True)
-        self.label.setTextInteractionFlags(self.label.textInteractionFlags())
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         close = QToolButton()
         close.setText("✕")
         close.setAutoRaise(True)
@@ -43,6 +43,8 @@ class NotificationBar(QWidget):
 
     def info(self, message: str) -> None:
         log.info("shown to user: %s", message)
+        if self.isVisible() and self.property("kind") == "error":
+            return  # an error stays until the user has read and dismissed it
         self._show(message, "info")
         self._timer.start()
 

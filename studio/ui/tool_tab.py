@@ -27,10 +27,15 @@ class ToolTab(QWidget):
         raise NotImplementedError
 
     def run(self) -> None:
+        """Queue the request the widgets describe."""
+        raise NotImplementedError
+
+    def submit(self, request: Any) -> Any:
+        """Queue `request` as it is (re-run) and show its progress and result in this tab."""
         raise NotImplementedError
 
     def load_request(self, request: Any) -> None:
-        """Show a request's parameters in the widgets (re-run from the history)."""
+        """Show a request's parameters in the widgets (re-run from the history shows what runs)."""
         raise NotImplementedError
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:

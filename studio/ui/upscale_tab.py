@@ -27,11 +27,13 @@ from PySide6.QtWidgets import (
 from superqt.utils import create_worker
 
 from studio.app.jobs import Job, JobSnapshot, JobState
+from studio.app.runs import describe_error
 from studio.app.settings import OUTPUT_FORMATS, with_recent_model
 from studio.errors import UserError
 from studio.models.shipped import shipped_upscalers
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
+from studio.ui.jobs import failure_text
 from studio.ui.tool_tab import ToolTab
 
 MIN_TILE = 32  # the tiler's smallest tile (studio.engines.tiling.MIN_TILE, which imports torch)
@@ -184,7 +186,7 @@ class UpscaleTab(ToolTab):
             return
         self.model_info = None
         self.model_label.setText("This file cannot be used.")
-        self.window_.notifications.error(str(exc) if isinstance(exc, UserError) else repr(exc))
+        self.window_.notifications.error(describe_error(exc))
         self._sync_enabled()
 
     def _add_model_item(self, path: str, label: str | None = None) -> None:
@@ -235,7 +237,7 @@ class UpscaleTab(ToolTab):
         if self.model_combo.currentData() is None:
             self._set_status("Choose a model file first (Browse…).", error=True)
             return
-        self._submit(self.build_request())
+        self.submit(self.build_request())
 
     def compare(self, models: list[Path]) -> None:
         """Queue one run per model on the current image; the viewer then shows them side by side."""
@@ -243,7 +245,7 @@ class UpscaleTab(ToolTab):
             self._set_status("Open an image first (or drop one on this tab).", error=True)
             return
         for model in models:
-            job = self._submit(self.build_request(model))
+            job = self.submit(self.build_request(model))
             self._compare_jobs.add(job.id)
 
     def load_request(self, request: Any) -> None:
@@ -256,7 +258,7 @@ class UpscaleTab(ToolTab):
         self.format_combo.setCurrentText(request.output_format)
         self.quality_spin.setValue(request.quality)
 
-    def _submit(self, request: Any) -> Job:
+    def submit(self, request: Any) -> Job:
         model = Path(request.model_path).name
         title = f"Upscale {Path(request.input_path).name} with {model}"
         job = self.window_.submit(
@@ -287,8 +289,9 @@ class UpscaleTab(ToolTab):
             self._set_status("Cancelled — no output was written.")
             self._restore_input()
         else:
-            self._set_status(f"Failed: {job.message}", error=True)
-            self.window_.notifications.error(f"{job.title} failed: {job.message}")
+            message = failure_text(job)
+            self._set_status(f"Failed: {message}", error=True)
+            self.window_.notifications.error(f"{job.title} failed: {message}")
             self._restore_input()
 
     def show_result(self, entry: Any) -> None:

@@ -200,3 +200,30 @@ def test_the_built_in_upscaler_is_chosen_on_a_fresh_install(window, qtbot, photo
     job = run_and_wait(window, qtbot)
     assert job.state == JobState.DONE, job.message
     assert job.result.model_name == "studio-compact-x4"
+
+
+def test_rerun_uses_the_stored_input_even_when_the_original_is_gone(window, qtbot, tmp_path, model):
+    original = tmp_path / "moved-away.png"
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (30, 30, 3), np.uint8)).save(original)
+    choose(window, qtbot, original, model)
+    first = run_and_wait(window, qtbot).result
+    original.unlink()
+    other = tmp_path / "other.png"
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(other)
+    window.tool_tabs["upscale"].open_image(other)  # a different image open in the tab
+    with qtbot.waitSignal(window.jobs.finished, timeout=60_000) as blocker:
+        window.rerun(first.id)
+    second = blocker.args[0].result
+    assert second.inputs[0].sha256 == first.inputs[0].sha256
+    a = np.asarray(Image.open(first.outputs[0].path))
+    assert np.array_equal(a, np.asarray(Image.open(second.outputs[0].path)))
+
+
+def test_rerun_refuses_when_the_stored_input_is_missing(window, qtbot, photo, model):
+    choose(window, qtbot, photo, model)
+    first = run_and_wait(window, qtbot).result
+    first.inputs[0].path.unlink()
+    window.rerun(first.id)
+    assert "is missing" in window.notifications.text()
+    assert window.ctx.jobs.active() == []
+    assert window.ctx.history.count() == 1
