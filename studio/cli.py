@@ -16,8 +16,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
-import shutil
 import signal
 import sys
 import threading
@@ -32,6 +30,7 @@ from studio.app.runs import describe_error, execute
 from studio.app.settings import DEVICES, OUTPUT_FORMATS, PRECISIONS
 from studio.engines.base import Cancelled
 from studio.errors import UserError
+from studio.files import copy_atomically
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -376,15 +375,6 @@ def export_output(entry: Entry, source: Path, out_dir: Path) -> Path:
         counter += 1
     copy_atomically(output, target)
     return target
-
-
-def copy_atomically(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

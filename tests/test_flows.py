@@ -7,14 +7,7 @@ import torch
 
 from studio.nn.flows import LAYOUTS, ColourFlow, rational_quadratic_spline
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster when other programs share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def perturbed_flow(layout: str, *, members: int = 2, dtype=torch.float32) -> ColourFlow:
@@ -52,7 +45,7 @@ def clustered_colours(count: int, seed: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
-def fitted_flow(request, one_thread) -> ColourFlow:
+def fitted_flow(request, one_torch_thread) -> ColourFlow:
     """A bank of two flows fitted (briefly) to clustered colours, as a grade fits them."""
     torch.manual_seed(11)
     data = clustered_colours(4096, seed=1)

@@ -48,13 +48,7 @@ with warnings.catch_warnings():  # colour-science warns that optional packages a
 FAST = FlowSettings(iterations=40)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster when other programs share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- Pictures -----------------------------------------------------------------------------------
@@ -157,13 +151,13 @@ def adobe_rgb_profile() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def match(one_thread) -> FlowGrade:
+def match(one_torch_thread) -> FlowGrade:
     """The colours of photo 1 matched to a warm reference made from photo 2."""
     return fit_match(picture(photo(1)), picture(warm(photo(2))), FlowSettings(iterations=150))
 
 
 @pytest.fixture(scope="module")
-def pair(one_thread) -> FlowGrade:
+def pair(one_torch_thread) -> FlowGrade:
     """The synthetic edit, learnt from photo 10 and its edited version (default settings)."""
     before = photo(10, 128, 128)
     return fit_pair(picture(before), picture(synthetic_edit(before)))

@@ -4,7 +4,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from studio.engines.base import EngineError
 from studio.engines.lut import (
@@ -22,12 +21,7 @@ with warnings.catch_warnings():  # colour-science warns that optional packages a
     import colour
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def warm_look(rgb: np.ndarray) -> np.ndarray:

@@ -9,9 +9,7 @@ drawing the likelihood map all start from those files and never fit again.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +42,7 @@ from studio.app.jobs import Job, JobSnapshot, JobState
 from studio.app.runs import SUFFIXES, describe_error
 from studio.app.settings import OUTPUT_FORMATS
 from studio.errors import UserError
+from studio.files import copy_atomically
 from studio.ui.colour_plots import ChromaPlot, ChromaSamples, HeatLegend, sample_chroma
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
@@ -562,7 +561,7 @@ class GradeTab(ToolTab):
             return
         target = _with_suffix(target, ".cube")
         try:
-            _copy_file(cube, target)
+            copy_atomically(cube, target)
         except OSError as exc:
             self.window_.notifications.error(describe_error(exc))
             return
@@ -813,16 +812,6 @@ def _title(request: GradeRequest) -> str:
 
 def _with_suffix(path: Path, suffix: str) -> Path:
     return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
-
-
-def _copy_file(source: Path, target: Path) -> None:
-    """Copy to a temporary name beside `target`, then rename: a complete file or none."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _dropped_grade_file(event: QDragEnterEvent | QDropEvent) -> Path | None:
