@@ -103,3 +103,30 @@ def test_bad_inputs_fail_with_one_line_reasons(tmp_path, images, capsys):
     assert "broken.cube" in capsys.readouterr().err
     assert main(["grade", src, "-o", out]) == 1
     assert "exactly one of" in capsys.readouterr().err
+
+
+def test_rerun_of_a_fitted_grade_applies_the_stored_fit_and_reproduces_it(tmp_path, images):
+    from studio.app.context import AppContext
+    from studio.app.runs import execute, request_from_entry
+    from studio.engines.grade import GradeRequest
+    from studio.progress import never_cancelled, no_progress
+
+    ctx = AppContext.open()
+    try:
+        request = GradeRequest(
+            input_path=str(images["source"]),
+            mode="reference",
+            reference_path=str(images["warm"]),
+            iterations=30,
+            coupling_layers=2,
+            hidden=16,
+        )
+        first = execute(ctx, request, progress=no_progress, cancelled=never_cancelled)
+        rerun = request_from_entry(first)
+        assert rerun.mode == "preset" and rerun.preset_path.endswith(".json")
+        assert rerun.input_path == str(first.inputs[0].path)
+        second = execute(ctx, rerun, progress=no_progress, cancelled=never_cancelled)
+    finally:
+        ctx.close()
+    a = np.asarray(Image.open(first.outputs[0].path))
+    assert np.array_equal(a, np.asarray(Image.open(second.outputs[0].path)))

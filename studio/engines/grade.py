@@ -33,7 +33,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -188,6 +188,21 @@ class GradeRequest:
     def input_paths(self) -> list[str]:
         """Every image file the request reads: the input, and the reference or the pair."""
         return [getattr(self, name) for name in self.image_fields if getattr(self, name)]
+
+    def reusing_outputs(self, outputs: Sequence[Path]) -> GradeRequest:
+        """This request for a re-run: a fitted grade stored with the entry is applied as it is,
+        so a re-run gives the same pixels without fitting again."""
+        preset = next((Path(p) for p in outputs if Path(p).suffix == ".json"), None)
+        if self.mode not in ("reference", "pair") or preset is None or not preset.is_file():
+            return self
+        return replace(
+            self,
+            mode="preset",
+            preset_path=str(preset),
+            reference_path=None,
+            before_path=None,
+            after_path=None,
+        )
 
     def flow_settings(self) -> FlowSettings:
         return FlowSettings(

@@ -52,6 +52,7 @@ class UpscaleTab(ToolTab):
         self.model_info: Any = None
         self._jobs: dict[int, str] = {}  # job id -> model name
         self._compare_jobs: set[int] = set()
+        self._compared_entry: int | None = None  # a finished run of the current comparison
         self._build()
         settings = window.ctx.settings
         for model in shipped_upscalers():
@@ -283,9 +284,14 @@ class UpscaleTab(ToolTab):
             entry = job.result
             self.show_result(entry)
             self._set_status(f"Done with {model} in {entry.duration_s:.1f} s — entry #{entry.id}")
-            if comparing and not self._compare_jobs:
-                self.window_.open_entry(entry.id)
-        elif job.state == JobState.CANCELLED:
+            if comparing:
+                self._compared_entry = entry.id
+        if comparing and not self._compare_jobs and self._compared_entry is not None:
+            self.window_.open_entry(self._compared_entry)  # the side by side of every model run
+            self._compared_entry = None
+        if job.state == JobState.DONE:
+            return
+        if job.state == JobState.CANCELLED:
             self._set_status("Cancelled — no output was written.")
             self._restore_input()
         else:

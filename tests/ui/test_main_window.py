@@ -227,3 +227,22 @@ def test_rerun_refuses_when_the_stored_input_is_missing(window, qtbot, photo, mo
     assert "is missing" in window.notifications.text()
     assert window.ctx.jobs.active() == []
     assert window.ctx.history.count() == 1
+
+
+def test_comparing_models_opens_their_results_side_by_side(window, qtbot, tmp_path, photo):
+    from tiny_models import make_esrgan
+
+    models = [make_compact(tmp_path / "a-compact.pth"), make_esrgan(tmp_path / "b-esrgan.pth")]
+    tab = window.tool_tabs["upscale"]
+    tab.open_image(photo)
+    finished = []
+    window.jobs.finished.connect(finished.append)
+    tab.compare(models)
+    qtbot.waitUntil(lambda: len(finished) == 2, timeout=60_000)
+    assert all(job.state == JobState.DONE for job in finished)
+    qtbot.waitUntil(lambda: bool(window.viewers), timeout=5_000)
+    viewer = window.viewers[-1]
+    viewer.show_side_by_side(True)
+    assert len(viewer.sibling_views) == 2
+    names = {job.result.model_name for job in finished}
+    assert names == {"a-compact", "b-esrgan"}
