@@ -312,7 +312,7 @@ class GradeTab(ToolTab):
         self._set_heat(None)
         self.view.set_before(None)
         self.view.set_image(image)
-        self._set_status("")
+        self.set_status("")
         self._refresh_plots()
         self._sync_enabled()
 
@@ -401,15 +401,15 @@ class GradeTab(ToolTab):
     def run(self) -> Job | None:
         """Queue the grade the widgets describe; None (and a message) when something is missing."""
         if self.input_path is None:
-            self._set_status("Open an image first (or drop one on this tab).", error=True)
+            self.set_status("Open an image first (or drop one on this tab).", error=True)
             return None
         missing = [role for role in MODE_ROLES[self.mode()] if self.files[role] is None]
         if missing:
-            self._set_status(ROLE_MISSING[missing[0]], error=True)
+            self.set_status(ROLE_MISSING[missing[0]], error=True)
             return None
         problem = self._pair_problem() if self.mode() == "pair" else ""
         if problem:
-            self._set_status(problem, error=True)
+            self.set_status(problem, error=True)
             self.window_.notifications.error(problem)
             return None
         try:
@@ -424,7 +424,7 @@ class GradeTab(ToolTab):
             request, title=_title(request), parent_id=self.parent_id, on_finished=self._finished
         )
         self._jobs[job.id] = request
-        self._set_status(f"Queued: {_title(request)}")
+        self.set_status(f"Queued: {_title(request)}")
         return job
 
     def load_request(self, request: Any) -> None:
@@ -448,7 +448,7 @@ class GradeTab(ToolTab):
         """Show a running grade's progress (fitting steps, baking, applying) in the tab."""
         if job.id not in self._jobs or job.state != JobState.RUNNING:
             return
-        self._set_status(f"{job.message} ({job.fraction:.0%})")
+        self.set_status(f"{job.message} ({job.fraction:.0%})")
         if job.preview is not None:
             self.view.set_image(qimage_from_array(job.preview), keep_view=True)
 
@@ -460,15 +460,9 @@ class GradeTab(ToolTab):
         if job.state == JobState.DONE:
             entry = job.result
             self.show_result(entry)
-            self._set_status(f"Done in {entry.duration_s:.1f} s — entry #{entry.id}")
-        elif job.state == JobState.CANCELLED:
-            self._set_status("Cancelled — no output was written.")
-            self._restore_input()
+            self.set_status(f"Done in {entry.duration_s:.1f} s — entry #{entry.id}")
         else:
-            message = failure_text(job)
-            self._set_status(f"Failed: {message}", error=True)
-            self.window_.notifications.error(f"{job.title} failed: {message}")
-            self._restore_input()
+            self.report_unfinished(job)
 
     def show_result(self, entry: Entry) -> None:
         """Show a finished grade: result over its source, colour plots, and the likelihood map."""
@@ -487,11 +481,6 @@ class GradeTab(ToolTab):
         self._refresh_plots()
         self._sync_enabled()
         self._start_likelihood(entry, source)
-
-    def _restore_input(self) -> None:
-        if self.input_path is not None:
-            self.view.set_before(None)
-            self.view.set_image(load_qimage(self.input_path))
 
     # -- the likelihood view --------------------------------------------------------------
     def _start_likelihood(self, entry: Entry, source: Path | None) -> None:
@@ -619,7 +608,7 @@ class GradeTab(ToolTab):
                 request, title=_title(request), parent_id=self.entry.id, on_finished=self._finished
             )
             self._batch[job.id] = Path(path).name
-        self._set_status(f"Queued {len(paths)} image(s) with the grade of entry #{self.entry.id}")
+        self.set_status(f"Queued {len(paths)} image(s) with the grade of entry #{self.entry.id}")
 
     def _batch_finished(self, job: JobSnapshot) -> None:
         self._batch.pop(job.id)
@@ -631,9 +620,9 @@ class GradeTab(ToolTab):
                 self.window_.notifications.error(f"{job.title} failed: {failure_text(job)}")
         done, failed = self._batch_counts["done"], self._batch_counts["failed"]
         if self._batch:
-            self._set_status(f"Batch: {done + failed} finished, {len(self._batch)} to go")
+            self.set_status(f"Batch: {done + failed} finished, {len(self._batch)} to go")
             return
-        self._set_status(f"Batch finished: {done} graded, {failed} not — see the History.")
+        self.set_status(f"Batch finished: {done} graded, {failed} not — see the History.")
         self._batch_counts = {"done": 0, "failed": 0}
 
     def _entry_file(self, suffix: str, what: str) -> Path | None:
@@ -712,10 +701,6 @@ class GradeTab(ToolTab):
         )
         holder.append(worker)
         self._workers.add(worker)
-
-    def _set_status(self, text: str, *, error: bool = False) -> None:
-        self.status.setText(text)
-        self.status.setStyleSheet("color:#e06060;" if error else "")
 
     def _sync_enabled(self) -> None:
         self.run_button.setEnabled(self.input_path is not None)

@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QWidget
 
+from studio.app.jobs import JobSnapshot, JobState
+from studio.ui.convert import load_qimage
+from studio.ui.jobs import failure_text
+
 if TYPE_CHECKING:
     from studio.ui.main_window import MainWindow
 
@@ -37,6 +41,27 @@ class ToolTab(QWidget):
     def load_request(self, request: Any) -> None:
         """Show a request's parameters in the widgets (re-run from the history shows what runs)."""
         raise NotImplementedError
+
+    # Every tab has `self.view` (an ImageView), `self.status` (a QLabel) and `self.input_path`.
+    def report_unfinished(self, job: JobSnapshot) -> None:
+        """A cancelled or failed job: say so in the tab (and, for a failure, the window) and
+        show the input again in place of the partial preview."""
+        if job.state == JobState.CANCELLED:
+            self.set_status("Cancelled — no output was written.")
+        else:
+            message = failure_text(job)
+            self.set_status(f"Failed: {message}", error=True)
+            self.window_.notifications.error(f"{job.title} failed: {message}")
+        self.restore_input()
+
+    def restore_input(self) -> None:
+        if self.input_path is not None:
+            self.view.set_before(None)
+            self.view.set_image(load_qimage(self.input_path))
+
+    def set_status(self, text: str, *, error: bool = False) -> None:
+        self.status.setText(text)
+        self.status.setStyleSheet("color:#e06060;" if error else "")
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if _dropped_image(event) is not None:

@@ -33,7 +33,6 @@ from studio.errors import UserError
 from studio.models.shipped import shipped_upscalers
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
-from studio.ui.jobs import failure_text
 from studio.ui.tool_tab import ToolTab
 
 MIN_TILE = 32  # the tiler's smallest tile (studio.engines.tiling.MIN_TILE, which imports torch)
@@ -150,7 +149,7 @@ class UpscaleTab(ToolTab):
         self.input_label.setText(f"{Path(path).name} — {image.width()}×{image.height()}")
         self.view.set_before(None)
         self.view.set_image(image)
-        self._set_status("")
+        self.set_status("")
         self._sync_enabled()
 
     def set_model(self, path: Path) -> None:
@@ -233,17 +232,17 @@ class UpscaleTab(ToolTab):
 
     def run(self) -> None:
         if self.input_path is None:
-            self._set_status("Open an image first (or drop one on this tab).", error=True)
+            self.set_status("Open an image first (or drop one on this tab).", error=True)
             return
         if self.model_combo.currentData() is None:
-            self._set_status("Choose a model file first (Browse…).", error=True)
+            self.set_status("Choose a model file first (Browse…).", error=True)
             return
         self.submit(self.build_request())
 
     def compare(self, models: list[Path]) -> None:
         """Queue one run per model on the current image; the viewer then shows them side by side."""
         if self.input_path is None:
-            self._set_status("Open an image first (or drop one on this tab).", error=True)
+            self.set_status("Open an image first (or drop one on this tab).", error=True)
             return
         for model in models:
             job = self.submit(self.build_request(model))
@@ -266,7 +265,7 @@ class UpscaleTab(ToolTab):
             request, title=title, parent_id=self.parent_id, on_finished=self._finished
         )
         self._jobs[job.id] = model
-        self._set_status(f"Queued: {title}")
+        self.set_status(f"Queued: {title}")
         return job
 
     def job_changed(self, job: JobSnapshot) -> None:
@@ -274,7 +273,7 @@ class UpscaleTab(ToolTab):
         if job.id in self._jobs and job.state == JobState.RUNNING and job.preview is not None:
             self.view.set_before(None)
             self.view.set_image(qimage_from_array(job.preview), keep_view=True)
-            self._set_status(f"{self._jobs[job.id]}: {job.message}")
+            self.set_status(f"{self._jobs[job.id]}: {job.message}")
 
     def _finished(self, job: JobSnapshot) -> None:
         model = self._jobs.pop(job.id, "")
@@ -283,22 +282,14 @@ class UpscaleTab(ToolTab):
         if job.state == JobState.DONE:
             entry = job.result
             self.show_result(entry)
-            self._set_status(f"Done with {model} in {entry.duration_s:.1f} s — entry #{entry.id}")
+            self.set_status(f"Done with {model} in {entry.duration_s:.1f} s — entry #{entry.id}")
             if comparing:
                 self._compared_entry = entry.id
         if comparing and not self._compare_jobs and self._compared_entry is not None:
             self.window_.open_entry(self._compared_entry)  # the side by side of every model run
             self._compared_entry = None
-        if job.state == JobState.DONE:
-            return
-        if job.state == JobState.CANCELLED:
-            self._set_status("Cancelled — no output was written.")
-            self._restore_input()
-        else:
-            message = failure_text(job)
-            self._set_status(f"Failed: {message}", error=True)
-            self.window_.notifications.error(f"{job.title} failed: {message}")
-            self._restore_input()
+        if job.state != JobState.DONE:
+            self.report_unfinished(job)
 
     def show_result(self, entry: Any) -> None:
         if not entry.outputs:
@@ -306,15 +297,6 @@ class UpscaleTab(ToolTab):
         self.view.set_image(load_qimage(entry.outputs[0].path))
         if self.input_path is not None:
             self.view.set_before(load_qimage(self.input_path))
-
-    def _restore_input(self) -> None:
-        if self.input_path is not None:
-            self.view.set_before(None)
-            self.view.set_image(load_qimage(self.input_path))
-
-    def _set_status(self, text: str, *, error: bool = False) -> None:
-        self.status.setText(text)
-        self.status.setStyleSheet("color:#e06060;" if error else "")
 
     def _sync_enabled(self) -> None:
         ready = self.input_path is not None and self.model_combo.currentData() is not None
