@@ -34,7 +34,7 @@ class Tool:
         return importlib.import_module(self.engine_module)
 
     def request_type(self) -> type:
-        return getattr(importlib.import_module(self.engine_module), self.request_class)
+        return getattr(self.engine(), self.request_class)
 
 
 TOOLS: dict[str, Tool] = {

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
 
 from studio.errors import UserError
 from studio.progress import CancelCheck, Cancelled, Progress, never_cancelled, no_progress
@@ -13,6 +14,7 @@ __all__ = [
     "Cancelled",
     "EngineError",
     "Progress",
+    "Request",
     "RunFacts",
     "never_cancelled",
     "no_progress",
@@ -33,3 +35,34 @@ class RunFacts:
     device: str | None = None
     dtype: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Request:
+    """What every tool's request shares: JSON for the history, the CLI and re-run, and the list of
+    images it reads. Subclasses are frozen dataclasses that validate themselves."""
+
+    tool: ClassVar[str]
+    image_fields: ClassVar[tuple[str, ...]] = ()  # the images it reads, in order
+    required: ClassVar[tuple[str, ...]] = ()  # keys a stored request must have
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tool": self.tool, **asdict(self)}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Rebuild a request from `to_dict` output (history, CLI); unknown keys are ignored."""
+        if data.get("tool", cls.tool) != cls.tool:
+            raise EngineError(f"this is a {data.get('tool')!r} request, not a {cls.tool!r} one.")
+        missing = set(cls.required) - data.keys()
+        if missing:
+            raise EngineError(f"a {cls.tool} request needs {', '.join(sorted(missing))}.")
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**cls._coerce({key: value for key, value in data.items() if key in known}))
+
+    @classmethod
+    def _coerce(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Undo what a JSON round trip changed (e.g. 1.0 stored as 1)."""
+        return values
+
+    def input_paths(self) -> list[str]:
+        return [getattr(self, name) for name in self.image_fields if getattr(self, name)]

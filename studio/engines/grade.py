@@ -33,9 +33,9 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,6 +50,7 @@ from studio.engines.base import (
     Cancelled,
     EngineError,
     Progress,
+    Request,
     RunFacts,
     never_cancelled,
     no_progress,
@@ -101,7 +102,7 @@ _PAIR_MIN_EDGE_CORRELATION = 0.25
 
 
 @dataclass(frozen=True)
-class GradeRequest:
+class GradeRequest(Request):
     """Everything that determines a grade's output. Invalid values raise `EngineError`."""
 
     input_path: str
@@ -131,6 +132,7 @@ class GradeRequest:
         "before_path",
         "after_path",
     )
+    required: ClassVar[tuple[str, ...]] = ("input_path", "mode")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -168,26 +170,12 @@ class GradeRequest:
                 f"unknown device {self.device!r}; choose {', '.join(DEVICE_CHOICES)}."
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"tool": self.tool, **asdict(self)}
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GradeRequest:
-        """Rebuild a request from `to_dict` output (history, CLI); unknown keys are ignored."""
-        if data.get("tool", cls.tool) != cls.tool:
-            raise EngineError(f"this is a {data.get('tool')!r} request, not a grade.")
-        missing = {"input_path", "mode"} - data.keys()
-        if missing:
-            raise EngineError(f"a grade request needs {', '.join(sorted(missing))}.")
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in data.items() if key in known}
-        if isinstance(values.get("strength"), int) and not isinstance(values["strength"], bool):
-            values["strength"] = float(values["strength"])
-        return cls(**values)
-
-    def input_paths(self) -> list[str]:
-        """Every image file the request reads: the input, and the reference or the pair."""
-        return [getattr(self, name) for name in self.image_fields if getattr(self, name)]
+    def _coerce(cls, values: dict[str, Any]) -> dict[str, Any]:
+        strength = values.get("strength")
+        if isinstance(strength, int) and not isinstance(strength, bool):
+            values["strength"] = float(strength)  # JSON wrote 1.0 as 1
+        return values
 
     def reusing_outputs(self, outputs: Sequence[Path]) -> GradeRequest:
         """This request for a re-run: a fitted grade stored with the entry is applied as it is,

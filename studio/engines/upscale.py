@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +27,7 @@ from studio.engines.base import (
     Cancelled,
     EngineError,
     Progress,
+    Request,
     RunFacts,
     never_cancelled,
     no_progress,
@@ -55,7 +56,7 @@ GPU_MAX_BATCH = 4
 
 
 @dataclass(frozen=True)
-class UpscaleRequest:
+class UpscaleRequest(Request):
     """Everything that determines an upscale's output. Invalid values raise `EngineError`."""
 
     input_path: str
@@ -68,7 +69,8 @@ class UpscaleRequest:
     precision: str = "auto"  # auto | fp16 | bf16 | fp32
 
     tool: ClassVar[str] = "upscale"
-    image_fields: ClassVar[tuple[str, ...]] = ("input_path",)  # the images it reads, in order
+    image_fields: ClassVar[tuple[str, ...]] = ("input_path",)
+    required: ClassVar[tuple[str, ...]] = ("input_path", "model_path")
 
     def __post_init__(self) -> None:
         for name in ("input_path", "model_path"):
@@ -100,23 +102,6 @@ class UpscaleRequest:
             raise EngineError(
                 f"unknown precision {self.precision!r}; choose {', '.join(PRECISION_CHOICES)}."
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tool": self.tool, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UpscaleRequest:
-        """Rebuild a request from `to_dict` output (history, CLI); unknown keys are ignored."""
-        if data.get("tool", cls.tool) != cls.tool:
-            raise EngineError(f"this is a {data.get('tool')!r} request, not an upscale.")
-        known = {f.name for f in fields(cls)}
-        missing = {"input_path", "model_path"} - data.keys()
-        if missing:
-            raise EngineError(f"an upscale request needs {', '.join(sorted(missing))}.")
-        return cls(**{key: value for key, value in data.items() if key in known})
-
-    def input_paths(self) -> list[str]:
-        return [getattr(self, name) for name in self.image_fields if getattr(self, name)]
 
 
 def _check_scale(scale: float | None) -> None:

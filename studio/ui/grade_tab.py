@@ -299,14 +299,9 @@ class GradeTab(ToolTab):
         self._mode_changed()
 
     def open_image(self, path: Path, parent_id: int | None = None) -> None:
-        try:
-            image = load_qimage(path)
-        except UserError as exc:
-            self.window_.notifications.error(str(exc))
+        image = self.take_input(path, parent_id)
+        if image is None:
             return
-        self.input_path = Path(path)
-        self.parent_id = parent_id
-        self.input_label.setText(f"{Path(path).name} — {image.width()}×{image.height()}")
         self.result_path = None
         self._result_image = None
         self._set_heat(None)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage
 from PySide6.QtWidgets import QWidget
 
 from studio.app.jobs import JobSnapshot, JobState
+from studio.errors import UserError
 from studio.ui.convert import load_qimage
 from studio.ui.jobs import failure_text
 
@@ -42,7 +43,21 @@ class ToolTab(QWidget):
         """Show a request's parameters in the widgets (re-run from the history shows what runs)."""
         raise NotImplementedError
 
-    # Every tab has `self.view` (an ImageView), `self.status` (a QLabel) and `self.input_path`.
+    # Every tab has `self.view` (an ImageView), `self.status` and `self.input_label` (QLabels),
+    # `self.input_path` and `self.parent_id`.
+    def take_input(self, path: Path, parent_id: int | None) -> QImage | None:
+        """Decode `path` as the tab's new input (None, and a message, if it cannot be read);
+        `parent_id` is the history entry it came from, for lineage."""
+        try:
+            image = load_qimage(path)
+        except UserError as exc:
+            self.window_.notifications.error(str(exc))
+            return None
+        self.input_path = Path(path)
+        self.parent_id = parent_id
+        self.input_label.setText(f"{Path(path).name} — {image.width()}×{image.height()}")
+        return image
+
     def report_unfinished(self, job: JobSnapshot) -> None:
         """A cancelled or failed job: say so in the tab (and, for a failure, the window) and
         show the input again in place of the partial preview."""

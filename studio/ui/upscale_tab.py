@@ -29,7 +29,6 @@ from superqt.utils import create_worker
 from studio.app.jobs import Job, JobSnapshot, JobState
 from studio.app.runs import describe_error
 from studio.app.settings import OUTPUT_FORMATS, with_recent_model
-from studio.errors import UserError
 from studio.models.shipped import shipped_upscalers
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
@@ -139,14 +138,9 @@ class UpscaleTab(ToolTab):
 
     # -- inputs ---------------------------------------------------------------------------
     def open_image(self, path: Path, parent_id: int | None = None) -> None:
-        try:
-            image = load_qimage(path)
-        except UserError as exc:
-            self.window_.notifications.error(str(exc))
+        image = self.take_input(path, parent_id)
+        if image is None:
             return
-        self.input_path = Path(path)
-        self.parent_id = parent_id
-        self.input_label.setText(f"{Path(path).name} — {image.width()}×{image.height()}")
         self.view.set_before(None)
         self.view.set_image(image)
         self.set_status("")
