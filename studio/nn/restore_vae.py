@@ -1,0 +1,164 @@
+"""Studio's restoration VAE: a damaged photo -> a latent posterior -> the clean photo.
+
+In the spirit of Wan et al., "Bringing Old Photos Back to Life" (CVPR 2020): the degraded picture
+is encoded into a Gaussian posterior over a latent map at a quarter of its resolution; the decoder
+turns a latent sample back into the photo, with skip features from the degraded input at full and
+half resolution carrying the detail the small latent cannot. The decoder predicts a residual over
+the input, a per-pixel Laplace scale (how unsure it is of each pixel) and a damage probability
+(scratches, dust, creases) from the same features.
+
+Inputs are five planes, so that one tile of the picture carries everything its pixels depend on
+and a tiled run equals an untiled one:
+
+- RGB in [0, 1];
+- the *inpaint mask*: 1 where the decoder must paint the photo anew (the pixels there are ignored);
+  0 elsewhere, where damage is kept but the photo is denoised, deblurred and de-JPEGed;
+- a standard-normal noise plane that draws the latent sample: pixel-unshuffled by 4, its first
+  `latent` channels are the posterior's epsilon (all zeros = the posterior mean).
+
+Outputs are five planes: the restored RGB, the damage probability and the uncertainty (the
+standard deviation of the Laplace likelihood, in [0, 1] units). Fully convolutional; height and
+width must be multiples of 4.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHITECTURE_ID = "StudioRestoreVAE"
+IN_PLANES = 5  # RGB, inpaint mask, latent noise
+OUT_PLANES = 5  # RGB, damage probability, uncertainty
+MULTIPLE_OF = 4
+LOG_SCALE_FLOOR = -6.0  # a smooth lower bound on the Laplace log-scale (0.6 levels): keeps the
+# likelihood from exploding on the pixels the network is wrongly sure of
+# Config keys stored beside the weights, so that a file describes the network it builds.
+CONFIG_KEYS = ("width", "latent", "blocks")
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.leaky_relu(self.conv1(x), 0.2))
+
+
+class RestoreVAE(nn.Module):
+    """`width` features at full resolution, 2x at half and 4x at a quarter (the latent's)."""
+
+    def __init__(self, width: int = 16, latent: int = 8, blocks: int = 2) -> None:
+        super().__init__()
+        if not 1 <= latent <= 16:
+            raise ValueError("the latent has 1 to 16 channels (one noise plane, unshuffled by 4)")
+        self.width, self.latent, self.blocks = width, latent, blocks
+        w1, w2, w4 = width, 2 * width, 4 * width
+        self.stem = nn.Conv2d(4, w1, 3, padding=1)
+        self.down1 = nn.Conv2d(w1, w2, 4, stride=2, padding=1)
+        self.enc1 = ResBlock(w2)
+        self.down2 = nn.Conv2d(w2, w4, 4, stride=2, padding=1)
+        self.enc2 = nn.Sequential(*[ResBlock(w4) for _ in range(blocks)])
+        self.posterior = nn.Conv2d(w4, 2 * latent, 3, padding=1)
+        self.from_latent = nn.Conv2d(latent + w4, w4, 3, padding=1)
+        self.dec2 = nn.Sequential(*[ResBlock(w4) for _ in range(blocks)])
+        self.up2 = nn.Conv2d(w4, w2 * 4, 3, padding=1)
+        self.dec1 = nn.Conv2d(w2, w2, 3, padding=1)
+        self.dec1_block = ResBlock(w2)
+        self.up1 = nn.Conv2d(w2, w1 * 4, 3, padding=1)
+        self.dec0 = nn.Conv2d(w1, w1, 3, padding=1)
+        self.head = nn.Conv2d(w1, 3 + 1 + 1, 3, padding=1)  # residual, log-scale, damage logit
+        with torch.no_grad():  # start as the identity: no residual until one is learnt
+            self.head.weight[:3].zero_()
+            self.head.bias[:3].zero_()
+
+    def config(self) -> dict[str, int]:
+        return {"width": self.width, "latent": self.latent, "blocks": self.blocks}
+
+    def encode(
+        self, image: torch.Tensor, inpaint: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The posterior's mean and log-variance at 1/4 resolution, and the skip features."""
+        x = torch.cat([image * (1 - inpaint), inpaint], dim=1)
+        f1 = F.leaky_relu(self.stem(x), 0.2)
+        f2 = self.enc1(F.leaky_relu(self.down1(f1), 0.2))
+        f4 = self.enc2(F.leaky_relu(self.down2(f2), 0.2))
+        mean, logvar = self.posterior(f4).chunk(2, dim=1)
+        return mean, logvar.clamp(-12, 6), [f1, f2, f4]
+
+    def decode(
+        self, z: torch.Tensor, skips: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Residual (3), Laplace log-scale (1) and damage logit (1) at full resolution."""
+        f1, f2, f4 = skips
+        h = F.leaky_relu(self.from_latent(torch.cat([z, f4], dim=1)), 0.2)
+        h = self.dec2(h)
+        h = F.leaky_relu(F.pixel_shuffle(self.up2(h), 2), 0.2)
+        h = self.dec1_block(F.leaky_relu(self.dec1(h + f2), 0.2))
+        h = F.leaky_relu(F.pixel_shuffle(self.up1(h), 2), 0.2)
+        h = F.leaky_relu(self.dec0(h + f1), 0.2)
+        residual, raw_scale, damage = self.head(h).split([3, 1, 1], dim=1)
+        return residual, LOG_SCALE_FLOOR + F.softplus(raw_scale - LOG_SCALE_FLOOR), damage
+
+    def forward_train(
+        self, image: torch.Tensor, inpaint: torch.Tensor, epsilon: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Everything the training losses need, for a latent drawn with `epsilon`."""
+        mean, logvar, skips = self.encode(image, inpaint)
+        z = mean + torch.exp(0.5 * logvar) * epsilon
+        residual, log_scale, damage = self.decode(z, skips)
+        return {
+            "restored": image * (1 - inpaint) + residual,
+            "log_scale": log_scale,
+            "damage_logit": damage,
+            "mean": mean,
+            "logvar": logvar,
+        }
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        """(N, 3 or 5, H, W) -> (N, 5, H, W): restored RGB, damage probability, uncertainty.
+
+        Three planes (plain RGB, as a generic image-to-image caller passes) mean no inpainting
+        and the posterior mean."""
+        image = planes[:, :3]
+        if planes.shape[1] >= IN_PLANES:
+            inpaint, noise = planes[:, 3:4], planes[:, 4:5]
+        else:
+            inpaint = torch.zeros_like(image[:, :1])
+            noise = torch.zeros_like(image[:, :1])
+        mean, logvar, skips = self.encode(image, inpaint)
+        epsilon = F.pixel_unshuffle(noise, MULTIPLE_OF)[:, : self.latent]
+        z = mean + torch.exp(0.5 * logvar) * epsilon
+        residual, log_scale, damage = self.decode(z, skips)
+        restored = image * (1 - inpaint) + residual
+        uncertainty = torch.exp(log_scale) * 2**0.5  # a Laplace's standard deviation
+        return torch.cat([restored, torch.sigmoid(damage), uncertainty], dim=1)
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(posterior || N(0, 1)), averaged over latent elements."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+
+
+def infer_config(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The constructor arguments that built `state` (read from its shapes)."""
+    width = int(state["stem.weight"].shape[0])
+    latent = int(state["posterior.weight"].shape[0]) // 2
+    blocks = len({key.split(".")[1] for key in state if key.startswith("enc2.")})
+    return {"width": width, "latent": latent, "blocks": blocks}
+
+
+def is_restore_vae(state: dict[str, torch.Tensor]) -> bool:
+    """Whether `state` holds this network's weights (the keys no other architecture has)."""
+    return all(
+        key in state
+        for key in ("stem.weight", "posterior.weight", "from_latent.weight", "dec0.weight")
+    ) and tuple(state["stem.weight"].shape[1:]) == (4, 3, 3)
+
+
+def build_from_state(state: dict[str, torch.Tensor]) -> RestoreVAE:
+    model = RestoreVAE(**infer_config(state))
+    model.load_state_dict(state)
+    return model

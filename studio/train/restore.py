@@ -1,0 +1,290 @@
+r"""Train Studio's restoration VAE (`studio.nn.restore_vae`) on photos aged by `restore_degrade`.
+
+    python -m studio.train.restore --data /usr/share/backgrounds \
+        --data /usr/share/backgrounds/mate/nature --minutes 50 --out restore-vae.safetensors
+
+(The model card studio/assets/models/studio-restore-vae.md gives the shipped file's exact commands.)
+
+Each step cuts random patches from the training photos (the upscalers' split: validation and test
+photos are never trained on), ages them on the fly, and asks the network, for half of them, to
+inpaint the damage mask (dilated a little, sometimes with random brush strokes added, as a person
+paints); for the other half nothing is inpainted and the damage must be kept while the photo is
+denoised. Losses: L1 to the target (the photo with its global tone kept; inside the inpaint mask
+weighted up), the Laplace negative log-likelihood of the decoded scale (on a detached mean, so it
+only teaches the uncertainty), binary cross-entropy of the damage head, and a small KL term that
+keeps the latent a posterior.
+
+An exponential moving average of the weights is measured on fixed aged crops of the validation
+photos every `--eval-every` seconds and the best PSNR kept. Seeded throughout; `--steps` makes the
+training repeat exactly, `--minutes` sets the learning-rate schedule by the clock. `--resume FILE`
+continues from saved weights. Weights are saved as fp32 safetensors with the facts in metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from studio.nn.restore_vae import ARCHITECTURE_ID, RestoreVAE, build_from_state, kl_divergence
+from studio.train.data import PatchPool, eval_crops
+from studio.train.metrics import psnr_y
+from studio.train.photos import VALIDATION_PHOTOS, named_photos, training_photos
+from studio.train.restore_degrade import DamagedPhoto, degrade_old_photo
+
+INPAINT_WEIGHT = 3.0  # extra L1 weight inside the inpaint mask (a small share of the pixels)
+SCALE_WEIGHT = 0.02
+MASK_WEIGHT = 0.1
+MASK_POS_WEIGHT = 4.0  # damage is rare; positives count this much more
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m studio.train.restore",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", action="append", required=True, metavar="DIR")
+    parser.add_argument("--out", type=Path, required=True)
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--minutes", type=float, help="wall-clock budget, evaluations included")
+    budget.add_argument("--steps", type=int, help="exact number of steps (repeatable runs)")
+    parser.add_argument("--resume", type=Path, help="continue from these weights")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--latent", type=int, default=8)
+    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--patch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--kl-weight", type=float, default=1e-3)
+    parser.add_argument("--eval-every", type=float, default=60.0, metavar="SECONDS")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Batch:
+    degraded: torch.Tensor  # (N, 3, H, W)
+    inpaint: torch.Tensor  # (N, 1, H, W): where the network paints anew
+    target: torch.Tensor  # (N, 3, H, W)
+    damage: torch.Tensor  # (N, 1, H, W)
+
+
+def make_batch(patches: torch.Tensor, rng: random.Random, inpaint_share: float = 0.5) -> Batch:
+    """Age `patches` (N, 3, H, W) and choose what each one inpaints."""
+    samples = []
+    for patch in patches:
+        aged = degrade_old_photo(patch.permute(1, 2, 0).numpy(), rng)
+        inpaint = inpaint_mask(aged, rng) if rng.random() < inpaint_share else None
+        samples.append(_sample(aged, inpaint))
+    return Batch(*(torch.stack(parts) for parts in zip(*samples, strict=True)))
+
+
+def inpaint_mask(aged: DamagedPhoto, rng: random.Random) -> np.ndarray:
+    """The damage mask as a person would leave it: dilated a little, sometimes with strokes."""
+    mask = aged.damage.copy()
+    grow = rng.randint(0, 2)
+    if grow:
+        mask = cv2.dilate(mask, np.ones((3, 3), np.uint8), iterations=grow)
+    if rng.random() < 0.4:
+        height, width = mask.shape
+        for _ in range(rng.randint(1, 3)):
+            start = (rng.randrange(width), rng.randrange(height))
+            end = (rng.randrange(width), rng.randrange(height))
+            cv2.line(mask, start, end, 1.0, rng.randint(3, 11))
+    return mask
+
+
+def _sample(aged: DamagedPhoto, inpaint: np.ndarray | None) -> tuple[torch.Tensor, ...]:
+    def planes(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
+
+    mask = np.zeros_like(aged.damage) if inpaint is None else inpaint
+    target = aged.toned * mask[..., None] + aged.damaged * (1 - mask[..., None])
+    return (
+        planes(aged.degraded),
+        planes(mask[..., None]),
+        planes(target),
+        planes(aged.damage[..., None]),
+    )
+
+
+def losses(model: RestoreVAE, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    n, _, height, width = batch.degraded.shape
+    epsilon = torch.randn((n, model.latent, height // 4, width // 4), generator=generator)
+    out = model.forward_train(batch.degraded, batch.inpaint, epsilon)
+    error = (out["restored"] - batch.target).abs()
+    inside = (error * batch.inpaint).sum() / (3 * batch.inpaint.sum() + 1)
+    l1 = error.mean() + INPAINT_WEIGHT * inside
+    pixel_error = error.detach().mean(dim=1, keepdim=True)
+    scale_nll = (pixel_error * torch.exp(-out["log_scale"]) + out["log_scale"]).mean()
+    bce = F.binary_cross_entropy_with_logits(
+        out["damage_logit"], batch.damage, pos_weight=torch.tensor(MASK_POS_WEIGHT)
+    )
+    kl = kl_divergence(out["mean"], out["logvar"])
+    return {"l1": l1, "nll": scale_nll, "bce": bce, "kl": kl}
+
+
+class Validation:
+    """Aged crops of the validation photos, fixed by seed: half inpaint their damage mask."""
+
+    def __init__(self, photos: Sequence[Path], seed: int) -> None:
+        truth = eval_crops(photos, 192, per_photo=6)
+        self.batch = make_batch(truth, random.Random(seed + 1000))
+        self.input_psnr = psnr_y(self.batch.degraded, self.batch.target, 4)
+
+    @torch.no_grad()
+    def measure(self, model: RestoreVAE) -> tuple[float, float]:
+        """PSNR (Y) of the posterior-mean restoration, and the damage head's IoU at 0.5."""
+        noise = torch.zeros_like(self.batch.inpaint)
+        planes = torch.cat([self.batch.degraded, self.batch.inpaint, noise], dim=1)
+        out = model(planes)
+        psnr = psnr_y(out[:, :3].clamp(0, 1), self.batch.target, 4)
+        predicted = out[:, 3:4] > 0.5
+        truth = self.batch.damage > 0.5
+        iou = float((predicted & truth).sum() / max(int((predicted | truth).sum()), 1))
+        return psnr, iou
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        torch.manual_seed(args.seed)
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.photos = training_photos(args.data)
+        self.validation_photos = named_photos(args.data, VALIDATION_PHOTOS)
+        if not self.photos or not self.validation_photos:
+            raise SystemExit(f"no training or validation photos found in {args.data}")
+        log(f"training photos ({len(self.photos)}): {', '.join(p.name for p in self.photos)}")
+        log(f"validation photos: {', '.join(p.name for p in self.validation_photos)}")
+        self.pool = PatchPool(self.photos, args.patch, self.rng)
+        self.validation = Validation(self.validation_photos, args.seed)
+        log(f"validation input PSNR {self.validation.input_psnr:.3f} dB")
+        self.resumed_steps = 0
+        if args.resume:
+            state = {k: v.float() for k, v in load_file(str(args.resume)).items()}
+            self.model = build_from_state(state)
+            with open(args.resume, "rb") as handle:
+                self.resumed_steps = _metadata_steps(handle.read())
+            log(f"resumed from {args.resume} ({self.resumed_steps} steps)")
+        else:
+            self.model = RestoreVAE(args.width, args.latent, args.blocks)
+        self.average = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), args.lr, betas=(0.9, 0.99))
+        self.step = 0
+        self.best: tuple[dict[str, torch.Tensor], int, float, float] | None = None
+        self.started = time.perf_counter()
+
+    def fraction(self) -> float:
+        if self.args.steps is not None:
+            return self.step / self.args.steps
+        return self.elapsed() / (60 * self.args.minutes)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def learning_rate(self, fraction: float) -> float:
+        warmup = min(1.0, (self.step + 1) / 50)
+        return self.args.lr * warmup * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * fraction)))
+
+    def train(self) -> None:
+        self.evaluate()
+        next_eval = self.args.eval_every
+        shown: dict[str, float] = {}
+        while self.fraction() < 1:
+            for group in self.optimiser.param_groups:
+                group["lr"] = self.learning_rate(self.fraction())
+            batch = make_batch(self.pool.batch(self.args.batch), self.rng)
+            parts = losses(self.model, batch, self.generator)
+            loss = (
+                parts["l1"]
+                + SCALE_WEIGHT * parts["nll"]
+                + MASK_WEIGHT * parts["bce"]
+                + self.args.kl_weight * parts["kl"]
+            )
+            self.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimiser.step()
+            self.step += 1
+            self._update_average()
+            for name, value in parts.items():
+                shown[name] = 0.95 * shown.get(name, value.item()) + 0.05 * value.item()
+            if self.elapsed() >= next_eval or self.fraction() >= 1:
+                next_eval = self.elapsed() + self.args.eval_every
+                text = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+                self.evaluate(f"step {self.step} {self.elapsed():.0f}s {text}")
+
+    def _update_average(self) -> None:
+        decay = min(0.999, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for mine, live in zip(self.average.parameters(), self.model.parameters(), strict=True):
+                mine.lerp_(live, 1 - decay)
+
+    def evaluate(self, prefix: str = "start") -> None:
+        psnr, iou = self.validation.measure(self.average.eval())
+        kept = self.best is None or psnr > self.best[2]
+        if kept:
+            state = {k: v.detach().clone() for k, v in self.average.state_dict().items()}
+            self.best = (state, self.step, psnr, iou)
+        log(f"{prefix} | val PSNR {psnr:.3f} damage IoU {iou:.3f}" + (" *" if kept else ""))
+
+    def save(self, out: Path) -> None:
+        assert self.best is not None
+        state, step, psnr, iou = self.best
+        metadata = {
+            "architecture": ARCHITECTURE_ID,
+            "config": json.dumps(self.model.config()),
+            "seed": str(self.args.seed),
+            "steps": str(self.resumed_steps + step),
+            "run_steps": str(self.step),
+            "minutes": f"{self.elapsed() / 60:.1f}",
+            "validation_psnr_y": f"{psnr:.3f}",
+            "validation_input_psnr_y": f"{self.validation.input_psnr:.3f}",
+            "validation_damage_iou": f"{iou:.3f}",
+            "training_photos": json.dumps([p.name for p in self.photos]),
+            "validation_photos": json.dumps([p.name for p in self.validation_photos]),
+            "command": " ".join(["python -m studio.train.restore", *sys.argv[1:]]),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=metadata)
+        log(f"saved step {step} (val PSNR {psnr:.3f}, damage IoU {iou:.3f}) to {out}")
+
+
+def _metadata_steps(data: bytes) -> int:
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    return int(header.get("__metadata__", {}).get("steps", 0))
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    trainer = Trainer(args)
+    parameters = sum(p.numel() for p in trainer.model.parameters())
+    log(f"restoration VAE {trainer.model.config()}: {parameters} parameters")
+    trainer.train()
+    trainer.save(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
