@@ -1,6 +1,8 @@
 """Headless commands: every tool runs from a terminal on the same engines and records history.
 
     studio upscale IN... -o OUT_DIR [--model FILE] [--scale S] [--tile N] [--device D]
+    studio restore IN... -o OUT_DIR [--model FILE] [--strength S] [--denoise D] [--scratches]
+                 [--mask FILE] [--colour] [--seed X] [--variations N] [--tile N]
     studio grade SRC... (--reference REF | --pair BEFORE AFTER | --lut F.cube | --preset F.json)
                  -o OUT_DIR [--strength S] [--preserve-luminance] [--lut-size N] [--export-lut F]
     studio history list [--json] [--state approved|rejected|pending] [--tool T] [--limit N]
@@ -92,6 +94,52 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--format", choices=OUTPUT_FORMATS, default=None, dest="output_format")
     up.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
     up.set_defaults(handler=cmd_upscale)
+
+    restore = commands.add_parser("restore", help="restore old, noisy or scratched photos")
+    restore.add_argument(
+        "inputs", nargs="+", type=Path, metavar="IN", help="image files or folders"
+    )
+    restore.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    restore.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a x1 restoration model spandrel reads (SCUNet, NAFNet, FBCNN, DRUNet, ...); "
+        "default: Studio's built-in restoration VAE",
+    )
+    restore.add_argument("--strength", type=float, default=1.0, help="0-1 blend with the original")
+    restore.add_argument(
+        "--denoise", type=float, default=1.0, help="0-1: how much grain and noise to remove"
+    )
+    restore.add_argument(
+        "--scratches", action="store_true", help="find scratches and dust and fill them"
+    )
+    restore.add_argument(
+        "--mask",
+        type=Path,
+        metavar="FILE",
+        help="with --scratches and one input: fill the white pixels of this mask instead of the "
+        "detected damage",
+    )
+    restore.add_argument(
+        "--colour", action="store_true", help="correct fading and colour casts (auto levels)"
+    )
+    restore.add_argument("--seed", type=int, default=0, help="seed of the variations")
+    restore.add_argument(
+        "--variations", type=int, default=1, help="pictures: the best guess, then alternatives"
+    )
+    restore.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="tile size in pixels (default: from settings, 0 = automatic)",
+    )
+    restore.add_argument("--device", choices=DEVICES, default=None)
+    restore.add_argument("--precision", choices=PRECISIONS, default=None)
+    restore.add_argument("--format", choices=OUTPUT_FORMATS, default=None, dest="output_format")
+    restore.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
+    restore.set_defaults(handler=cmd_restore)
 
     grade = commands.add_parser("grade", help="colour-grade images with normalizing flows")
     grade.add_argument("inputs", nargs="+", type=Path, metavar="SRC", help="image files or folders")
@@ -188,6 +236,59 @@ def cmd_upscale(ctx: AppContext, args: argparse.Namespace) -> int:
         )
 
     return run_batch(ctx, files, request_for, args.output)
+
+
+def cmd_restore(ctx: AppContext, args: argparse.Namespace) -> int:
+    from studio.engines.restore import RestoreRequest
+    from studio.models.shipped import default_restorer
+    from studio.models.upscalers import inspect_model
+
+    files = list(expand_inputs(args.inputs))
+    if args.mask is not None:
+        if not args.scratches:
+            raise UserError("--mask says which pixels to fill; it needs --scratches.")
+        if len(files) != 1:
+            raise UserError("--mask is painted for one photo; give exactly one input with it.")
+        if not args.mask.is_file():
+            raise UserError(f"mask not found: {args.mask}")
+    model_path = args.model or default_restorer()
+    model = inspect_model(model_path)  # a bad model file fails once, before any image
+    built_in = "" if args.model else ", built in"
+    print(f"model: {model.name} ({model.architecture}{built_in})", file=sys.stderr)
+    settings = ctx.settings
+
+    def request_for(path: Path) -> RestoreRequest:
+        return RestoreRequest(
+            input_path=str(path.resolve()),
+            model_path=str(Path(model_path).resolve()),
+            strength=args.strength,
+            denoise=args.denoise,
+            fix_scratches=args.scratches,
+            mask_path=str(args.mask.resolve()) if args.mask else None,
+            colour_correction=args.colour,
+            tile=settings.tile_size if args.tile is None else args.tile,
+            seed=args.seed,
+            variations=args.variations,
+            output_format=args.output_format or settings.output_format,
+            quality=args.quality or settings.jpeg_quality,
+            device=args.device or settings.device,
+            precision=args.precision or settings.precision,
+        )
+
+    def export_extras(entry: Entry, source: Path) -> None:
+        """Variations, the uncertainty map and the damage mask beside the restored photo."""
+        roles = entry.facts.get("outputs") or []
+        for role, output in list(zip(roles, entry.outputs, strict=False))[1:]:
+            tag = "_" + role.replace(" ", "-")
+            target = args.output / f"{source.stem}{tag}{output.path.suffix}"
+            counter = 1
+            while target.exists():
+                target = args.output / f"{source.stem}{tag}-{counter}{output.path.suffix}"
+                counter += 1
+            copy_atomically(output.path, target)
+            print(f"{role} -> {target}", file=sys.stderr)
+
+    return run_batch(ctx, files, request_for, args.output, after=export_extras)
 
 
 def cmd_grade(ctx: AppContext, args: argparse.Namespace) -> int:

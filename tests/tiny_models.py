@@ -1,4 +1,4 @@
-"""Tiny random-weight upscalers saved the way real releases are, for tests and benchmarks.
+"""Tiny random-weight upscalers and restorers, saved the way real releases are, for tests.
 
 The networks are built with spandrel's own architecture classes, so the files go through exactly
 the detection and loading path a user's download does. Random weights are calibrated so that the
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from spandrel.architectures.Compact import Compact
+from spandrel.architectures.DRUNet import DRUNet
 from spandrel.architectures.ESRGAN import ESRGAN
 
 # spandrel 0.4.2 builds RRDB blocks with 32 growth channels whatever the file says, so a tiny ESRGAN
@@ -81,6 +82,40 @@ def make_compact(
     return _save(path, model.state_dict(), params_ema=params_ema)
 
 
+def make_restore_vae(
+    path: str | Path,
+    width: int = 6,
+    latent: int = 4,
+    blocks: int = 1,
+    seed: int = 0,
+    *,
+    texture: float = 0.05,
+) -> Path:
+    """Save a tiny random-weight restoration VAE, as `studio.train.restore` saves the real one.
+
+    The residual spreads by `texture`; the latent is made to matter (variations differ) and the
+    damage head is biased towards "no damage", as a trained one mostly says."""
+    from studio.nn.restore_vae import RestoreVAE
+
+    torch.manual_seed(seed)
+    model = RestoreVAE(width, latent, blocks).eval()
+    with torch.no_grad():
+        model.head.weight[:3].normal_(0, 0.5)
+        model.from_latent.weight.mul_(4)
+        model.posterior.bias[latent:].fill_(-1.0)  # posterior std ~0.6: samples differ
+    _calibrate(model, model.head, channels=5, target=texture, seed=seed, planes=3)
+    with torch.no_grad():
+        model.head.bias[4] = -3.0
+    return _save(path, model.state_dict(), params_ema=False)
+
+
+def make_drunet(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny DRUNet (a x1 denoiser spandrel reads) in KAIR's key layout."""
+    torch.manual_seed(seed)
+    model = DRUNet(in_nc=4, out_nc=3, nc=[8, 8, 8, 8], nb=2).eval()
+    return _save(path, model.state_dict(), params_ema=False)
+
+
 def _calibrate(
     model: torch.nn.Module,
     last: torch.nn.Module,
@@ -89,8 +124,10 @@ def _calibrate(
     target: float,
     seed: int,
     centre: float = 0.0,
+    planes: int | None = None,
 ) -> None:
-    """Rescale the last convolution so its outputs spread by `target` around `centre`."""
+    """Rescale the last convolution so its outputs spread by `target` around `centre`
+    (only its first `planes` outputs, when given)."""
     generator = torch.Generator().manual_seed(seed + 1)
     probe = torch.rand(1, channels, 24, 24, generator=generator)
     with torch.no_grad():
@@ -98,10 +135,11 @@ def _calibrate(
         hook = last.register_forward_hook(lambda _m, _i, out: features.append(out))
         model(probe)
         hook.remove()
-        out = features[0]
+        out = features[0][:, :planes]
         gain = target / out.std(dim=(0, 2, 3)).clamp_min(1e-6)
-        last.weight.mul_(gain.view(-1, 1, 1, 1))
-        last.bias.mul_(gain).sub_(out.mean(dim=(0, 2, 3)) * gain).add_(centre)
+        count = out.shape[1]
+        last.weight[:count].mul_(gain.view(-1, 1, 1, 1))
+        last.bias[:count].mul_(gain).sub_(out.mean(dim=(0, 2, 3)) * gain).add_(centre)
 
 
 def _real_esrgan_keys(state: dict[str, torch.Tensor], num_block: int) -> dict[str, torch.Tensor]:

@@ -45,6 +45,13 @@ TOOLS: dict[str, Tool] = {
         request_class="UpscaleRequest",
         digital_source_type=COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
     ),
+    "restore": Tool(
+        name="restore",
+        title="Restore",
+        engine_module="studio.engines.restore",
+        request_class="RestoreRequest",
+        digital_source_type=COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
+    ),
     "grade": Tool(
         name="grade",
         title="Grade",

@@ -262,7 +262,9 @@ class _TiledRun:
             weight = self.weight[::stride, ::stride]
         pixels = self.output[0, :, ::stride, ::stride] / weight.clamp_min(1e-12)
         pixels = (pixels.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-        if pixels.shape[0] != 3:
+        if pixels.shape[0] > 3:  # colour first, then extra planes (a restorer's mask, ...)
+            pixels = pixels[:3]
+        elif pixels.shape[0] != 3:
             pixels = pixels[:1].expand(3, -1, -1)
         return np.ascontiguousarray(pixels.permute(1, 2, 0).numpy())
 

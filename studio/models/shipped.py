@@ -1,9 +1,10 @@
-"""The upscalers Studio ships inside the package, so a fresh install upscales with no network.
+"""The models Studio ships inside the package, so a fresh install upscales and restores offline.
 
-They are compact Real-ESRGAN-family networks (SRVGGNetCompact) trained by `studio.train.upscale`
-and stored as fp16 safetensors in `studio/assets/models`, each with a Markdown model card beside
-it. They are ordinary model files: the Upscale tab and `studio upscale` load them through
-`studio.models.upscalers` exactly like a downloaded Real-ESRGAN file.
+The upscalers are compact Real-ESRGAN-family networks (SRVGGNetCompact) trained by
+`studio.train.upscale`; the restorer is Studio's restoration VAE trained by `studio.train.restore`.
+They are stored as safetensors in `studio/assets/models`, each with a Markdown model card beside
+it. They are ordinary model files: the tabs and the CLI load them through `studio.models.upscalers`
+exactly like a downloaded Real-ESRGAN or SCUNet file.
 
 They live inside the package (not in the repository's top-level `assets/`) so that every kind of
 install finds them with `importlib.resources`: an editable checkout reads the source folder, a
@@ -22,6 +23,9 @@ DEFAULT_UPSCALERS = {
     4: "studio-compact-x4.safetensors",
     2: "studio-compact-x2.safetensors",
 }
+# The restoration models (scale 1); every other shipped file is an upscaler.
+DEFAULT_RESTORER = "studio-restore-vae.safetensors"
+RESTORERS = (DEFAULT_RESTORER,)
 
 
 class MissingShippedModel(UserError):
@@ -55,6 +59,24 @@ def shipped_upscalers() -> list[Path]:
     """Every shipped upscaler file, defaults first (by scale, largest first), then by name."""
     folder = models_folder()
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    files = [path for path in files if path.name not in RESTORERS]
     defaults = [folder / DEFAULT_UPSCALERS[s] for s in sorted(DEFAULT_UPSCALERS, reverse=True)]
     first = [path for path in defaults if path in files]
     return first + [path for path in files if path not in first]
+
+
+def default_restorer() -> Path:
+    """The restoration VAE Studio uses when no restoration model is chosen."""
+    path = models_folder() / DEFAULT_RESTORER
+    if not path.is_file():
+        raise MissingShippedModel(
+            f"Studio's built-in restoration model {DEFAULT_RESTORER} is missing from "
+            f"{path.parent}; reinstall Studio, or choose a model file."
+        )
+    return path
+
+
+def shipped_restorers() -> list[Path]:
+    """Every shipped restoration model file, the default first."""
+    folder = models_folder()
+    return [folder / name for name in RESTORERS if (folder / name).is_file()]

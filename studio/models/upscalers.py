@@ -5,7 +5,8 @@ through safetensors, pickles (`.pth`, `.pt`, `.ckpt`) only through `torch.load(w
 which refuses every global outside plain tensors and containers (TorchScript archives included).
 Every refusal is a `ModelFileError` whose message names the file and says what to do instead.
 
-spandrel then detects the architecture from the weights; `inspect_model` reports what it found,
+spandrel then detects the architecture from the weights (Studio's own networks are registered
+with it, `studio_architectures`); `inspect_model` reports what it found,
 `load_model` returns spandrel's `ImageModelDescriptor`, in eval mode on the device and dtype asked.
 """
 
@@ -37,6 +38,7 @@ from spandrel import (
 from studio.errors import UserError
 from studio.imaging import file_sha256
 from studio.models.cache import ModelCache, ModelKey
+from studio.models.studio_architectures import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +229,7 @@ def _read_descriptor(file: Path) -> ImageModelDescriptor:
     state_dict = _read_state_dict(file)
     _refuse_foreign_checkpoints(file, state_dict.keys())
     try:
-        descriptor = spandrel.MAIN_REGISTRY.load(state_dict)
+        descriptor = REGISTRY.load(state_dict)
     except UnsupportedModelError as exc:
         raise ModelFileError(
             f"{file.name}: Studio does not recognise this model's architecture. It reads the "

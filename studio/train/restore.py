@@ -45,7 +45,7 @@ from studio.train.metrics import psnr_y
 from studio.train.photos import VALIDATION_PHOTOS, named_photos, training_photos
 from studio.train.restore_degrade import DamagedPhoto, degrade_old_photo
 
-INPAINT_WEIGHT = 3.0  # extra L1 weight inside the inpaint mask (a small share of the pixels)
+INPAINT_WEIGHT = 0.5  # extra L1 weight inside the inpaint mask (a small share of the pixels)
 SCALE_WEIGHT = 0.02
 MASK_WEIGHT = 0.1
 MASK_POS_WEIGHT = 4.0  # damage is rare; positives count this much more
@@ -70,7 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=float, default=60.0, metavar="SECONDS")
     return parser.parse_args(argv)
@@ -100,7 +100,7 @@ def inpaint_mask(aged: DamagedPhoto, rng: random.Random) -> np.ndarray:
     grow = rng.randint(0, 2)
     if grow:
         mask = cv2.dilate(mask, np.ones((3, 3), np.uint8), iterations=grow)
-    if rng.random() < 0.4:
+    if rng.random() < 0.2:
         height, width = mask.shape
         for _ in range(rng.randint(1, 3)):
             start = (rng.randrange(width), rng.randrange(height))

@@ -1,0 +1,508 @@
+"""Restore: old and damaged photos through Studio's restoration VAE, or a user's spandrel model.
+
+With the restoration VAE (`studio.nn.restore_vae`, shipped as `studio-restore-vae`), a picture
+goes through the network tile by tile, twice when scratches are fixed:
+
+1. *Restore*: nothing inpainted. The photo comes back denoised, deblurred and free of JPEG
+   artefacts with its damage kept, plus the damage head's scratch/dust probability and the
+   decoder's per-pixel uncertainty.
+2. *Fill*: the damage mask (the user's, or the detected one dilated by two pixels) is painted
+   anew by the decoder from the surroundings. Outside the mask the result is pass 1's pixels, so
+   editing the mask changes exactly the pixels whose mask changed.
+
+The latent is a posterior: picture 0 decodes its mean, each further variation decodes a sample
+drawn from a CPU generator seeded by the request (one noise plane that travels with the tiles, so
+tiled and untiled runs draw the same sample). The uncertainty map combines the decoded Laplace
+spread with the spread between variations. Then: denoise level (how much of the network's
+change outside the mask to keep), colour-cast correction (per-channel levels measured on the
+whole result, so it does not depend on tiling) and strength (blend with the original).
+
+Any scale-1 model spandrel reads (SCUNet, NAFNet, FBCNN, DRUNet, GFPGAN, RestoreFormer, ...) runs
+through the same loading path as the upscalers; detection, filling and variations need the VAE.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from studio.engines.base import (
+    CancelCheck,
+    Cancelled,
+    EngineError,
+    Progress,
+    Request,
+    RunFacts,
+    never_cancelled,
+    no_progress,
+)
+from studio.imaging import ImageError, Picture, load_picture, picture_from_array, save_picture
+
+OUTPUT_FORMATS = ("png", "jpeg", "webp", "tiff")
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+PRECISION_CHOICES = ("auto", "fp16", "bf16", "fp32")
+MAX_VARIATIONS = 8
+MAX_SEED = 2**32 - 1
+MIN_TILE = 64
+VAE_OVERLAP = 64  # the VAE's reach (a latent at 1/4 resolution) needs more context than SR nets
+DAMAGE_THRESHOLD = 0.5
+DAMAGE_GROW = 2  # px the detected mask is dilated: the decoder fills a margin around each scratch
+LEVELS_PERCENTILE = 0.5  # per-channel black and white points of the colour-cast correction
+MAX_LEVELS_GAIN = 3.0
+UNCERTAINTY_FULL_SCALE = 0.25  # a standard deviation of this (in [0, 1] units) is white in the map
+
+
+@dataclass(frozen=True)
+class RestoreRequest(Request):
+    """Everything that determines a restoration. Invalid values raise `EngineError`."""
+
+    input_path: str
+    model_path: str | None = None  # None = Studio's restoration VAE
+    strength: float = 1.0  # 0 = the original, 1 = fully restored
+    denoise: float = 1.0  # 0 = keep the grain and noise, 1 = the network's full cleaning
+    fix_scratches: bool = False
+    mask_path: str | None = None  # white = fill; None = the detected damage
+    colour_correction: bool = False
+    tile: int = 0  # 0 = automatic
+    seed: int = 0
+    variations: int = 1  # pictures: the posterior mean, then samples
+    output_format: str = "png"
+    quality: int = 95
+    device: str = "auto"
+    precision: str = "auto"
+
+    tool: ClassVar[str] = "restore"
+    image_fields: ClassVar[tuple[str, ...]] = ("input_path", "mask_path")
+    required: ClassVar[tuple[str, ...]] = ("input_path",)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input_path, str) or not self.input_path:
+            raise EngineError("input_path must be a file path.")
+        for name in ("model_path", "mask_path"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise EngineError(f"{name} must be a file path or empty.")
+        if self.mask_path and not self.fix_scratches:
+            raise EngineError("a damage mask is only used to fix scratches; turn that on.")
+        for name in ("strength", "denoise"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise EngineError(f"{name} must be a number from 0 to 1, not {value!r}.")
+        _check_whole(self.tile, "tile", 0, 8192)
+        if self.tile and self.tile < MIN_TILE:
+            raise EngineError(
+                f"tile must be 0 (automatic) or {MIN_TILE}..8192 px, not {self.tile}."
+            )
+        _check_whole(self.seed, "seed", 0, MAX_SEED)
+        _check_whole(self.variations, "variations", 1, MAX_VARIATIONS)
+        _check_whole(self.quality, "quality", 1, 100)
+        output_format = str(self.output_format).lower().replace("jpg", "jpeg")
+        if output_format not in OUTPUT_FORMATS:
+            raise EngineError(
+                f"unknown output format {self.output_format!r}; choose {', '.join(OUTPUT_FORMATS)}."
+            )
+        object.__setattr__(self, "output_format", output_format)
+        device = str(self.device).lower()
+        if device not in DEVICE_CHOICES and not device.startswith("cuda:"):
+            raise EngineError(
+                f"unknown device {self.device!r}; choose {', '.join(DEVICE_CHOICES)}."
+            )
+        if self.precision not in PRECISION_CHOICES:
+            raise EngineError(
+                f"unknown precision {self.precision!r}; choose {', '.join(PRECISION_CHOICES)}."
+            )
+
+    @classmethod
+    def _coerce(cls, values: dict[str, Any]) -> dict[str, Any]:
+        for name in ("strength", "denoise"):
+            if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
+                values[name] = float(values[name])
+        return values
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_whole(value: Any, name: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise EngineError(f"{name} must be a whole number {low}..{high}, not {value!r}.")
+
+
+@dataclass
+class RestoreResult:
+    restored: list[Picture]  # the posterior mean first, then the variations
+    model_name: str
+    model_sha256: str
+    architecture: str
+    device: str
+    dtype: str
+    tile: int
+    seconds: float
+    seed: int
+    uncertainty: np.ndarray | None = None  # (H, W) standard deviation, [0, 1] units
+    damage_mask: np.ndarray | None = None  # (H, W) bool: the pixels filled
+    notes: tuple[str, ...] = ()
+
+    @property
+    def pictures(self) -> list[Picture]:
+        return self.restored
+
+    def output_roles(self) -> list[str]:
+        """What each output file is, in the order they are written."""
+        roles = ["restored"] + [f"variation {k}" for k in range(1, len(self.restored))]
+        if self.uncertainty is not None:
+            roles.append("uncertainty")
+        if self.damage_mask is not None:
+            roles.append("damage mask")
+        return roles
+
+    def write_extras(self, next_output: Callable[[str], Path]) -> None:
+        """The uncertainty map and the damage mask, as grey PNGs beside the pictures."""
+        if self.uncertainty is not None:
+            save_picture(uncertainty_picture(self.uncertainty), next_output(".png"), fmt="png")
+        if self.damage_mask is not None:
+            mask = picture_from_array(self.damage_mask.astype(np.uint8) * 255)
+            save_picture(mask, next_output(".png"), fmt="png")
+
+    @property
+    def facts(self) -> RunFacts:
+        extra: dict[str, Any] = {
+            "architecture": self.architecture,
+            "tile": self.tile,
+            "seconds": round(self.seconds, 3),
+            "outputs": self.output_roles(),
+        }
+        if self.damage_mask is not None:
+            extra["damage_fraction"] = round(float(self.damage_mask.mean()), 5)
+        if self.uncertainty is not None:
+            extra["mean_uncertainty"] = round(float(self.uncertainty.mean()), 5)
+        if self.notes:
+            extra["notes"] = list(self.notes)
+        return RunFacts(
+            model_name=self.model_name,
+            model_sha256=self.model_sha256,
+            seed=self.seed,
+            device=self.device,
+            dtype=self.dtype,
+            extra=extra,
+        )
+
+
+def uncertainty_picture(uncertainty: np.ndarray) -> Picture:
+    """The uncertainty map as a grey picture: black = sure, white = a 0.25 standard deviation."""
+    return picture_from_array(np.clip(uncertainty / UNCERTAINTY_FULL_SCALE, 0, 1))
+
+
+def run(
+    request: RestoreRequest,
+    *,
+    progress: Progress = no_progress,
+    cancelled: CancelCheck = never_cancelled,
+    cache: Any | None = None,
+) -> RestoreResult:
+    """Restore `request.input_path`; the caller saves the pictures (and `write_extras`)."""
+    from studio.engines.upscale import auto_tile
+    from studio.models.device import choose_dtype, dtype_name, resolve_device
+    from studio.models.upscalers import inspect_model
+
+    started = time.perf_counter()
+    info = inspect_model(request.model_path or _default_model())
+    if info.purpose != "restore":
+        raise EngineError(
+            f"{info.name} is a x{info.scale} upscaler ({info.architecture}); it enlarges rather "
+            "than restores. Use it in the Upscale tab, or choose a x1 restoration model."
+        )
+    picture = load_picture(request.input_path)
+    mask = load_mask(request.mask_path, picture) if request.mask_path else None
+    device = resolve_device(request.device)
+    choice = choose_dtype(
+        device,
+        request.precision,
+        supports_half=info.supports_half,
+        supports_bf16=info.supports_bf16,
+    )
+    progress(0.0, choice.reason or f"Loading {info.name}")
+    if cancelled():
+        raise Cancelled
+    with _model(info, device, choice.dtype, cache) as model:
+        tile = request.tile or max(auto_tile(info, device, choice.dtype), MIN_TILE)
+        restorer = _restorer_for(model, info, request)
+        outcome = restorer(model, info, picture, mask, request, tile, progress, cancelled)
+    colour, alpha = _split_alpha(picture.pixels)
+    finals = []
+    levels = colour_levels(outcome.restored[0]) if request.colour_correction else None
+    for restored in outcome.restored:
+        if levels is not None:
+            restored = apply_levels(restored, levels)
+        blended = colour + request.strength * (restored - colour)
+        finals.append(replace(picture, pixels=_join_alpha(np.clip(blended, 0, 1), alpha)))
+    return RestoreResult(
+        restored=finals,
+        model_name=info.name,
+        model_sha256=info.sha256,
+        architecture=info.architecture,
+        device=str(device),
+        dtype=dtype_name(choice.dtype),
+        tile=tile,
+        seconds=time.perf_counter() - started,
+        seed=request.seed,
+        uncertainty=outcome.uncertainty,
+        damage_mask=outcome.damage_mask,
+        notes=outcome.notes,
+    )
+
+
+def _default_model() -> str:
+    from studio.models.shipped import default_restorer
+
+    return str(default_restorer())
+
+
+@contextmanager
+def _model(info: Any, device: Any, dtype: Any, cache: Any | None) -> Iterator[Any]:
+    from studio.models.upscalers import load_model, use_model
+
+    if cache is None:
+        yield load_model(info.path, device, dtype)
+        return
+    with use_model(info, device, dtype, cache) as model:
+        yield model
+
+
+def load_mask(path: str, picture: Picture) -> np.ndarray:
+    """A damage mask file as (H, W) bool: white (or opaque, in a mask with alpha) = fill."""
+    mask_picture = load_picture(path)
+    if (mask_picture.width, mask_picture.height) != (picture.width, picture.height):
+        raise ImageError(
+            f"The mask {Path(path).name} is {mask_picture.width}x{mask_picture.height} pixels but "
+            f"the photo is {picture.width}x{picture.height}; paint the mask on this photo.",
+            path,
+        )
+    pixels = mask_picture.pixels
+    plane = pixels[..., 3] if pixels.shape[2] in (2, 4) else pixels[..., :3].mean(axis=2)
+    return plane > 0.5
+
+
+@dataclass
+class _Outcome:
+    restored: list[np.ndarray]  # (H, W, C) colour planes (alpha is re-attached later)
+    uncertainty: np.ndarray | None = None
+    damage_mask: np.ndarray | None = None
+    notes: tuple[str, ...] = ()
+
+
+_Restorer = Callable[..., _Outcome]
+
+
+def _restorer_for(model: Any, info: Any, request: RestoreRequest) -> _Restorer:
+    from studio.nn.restore_vae import RestoreVAE
+
+    if isinstance(model.model, RestoreVAE):
+        return _restore_with_vae
+    if request.fix_scratches:
+        raise EngineError(
+            f"{info.name} ({info.architecture}) cannot find or fill scratches; Studio's "
+            "restoration VAE does that. Turn off fixing scratches, or choose studio-restore-vae."
+        )
+    if request.variations > 1:
+        raise EngineError(
+            f"{info.name} ({info.architecture}) gives one answer per photo; variations are drawn "
+            "from the restoration VAE's posterior. Set variations to 1."
+        )
+    return _restore_with_spandrel
+
+
+def _restore_with_spandrel(
+    model: Any,
+    info: Any,
+    picture: Picture,
+    mask: np.ndarray | None,
+    request: RestoreRequest,
+    tile: int,
+    progress: Progress,
+    cancelled: CancelCheck,
+) -> _Outcome:
+    from studio.engines.upscale import upscale_pixels
+
+    colour, _alpha = _split_alpha(picture.pixels)
+    restored = upscale_pixels(model, info, colour, tile=tile, progress=_share(progress, 0, 1))
+    if restored.shape != colour.shape:
+        raise EngineError(
+            f"{info.name} returned a {restored.shape[1]}x{restored.shape[0]} picture for a "
+            f"{colour.shape[1]}x{colour.shape[0]} one; it is not a restoration model."
+        )
+    restored = colour + request.denoise * (restored - colour)
+    return _Outcome([restored])
+
+
+def _restore_with_vae(
+    model: Any,
+    info: Any,
+    picture: Picture,
+    mask: np.ndarray | None,
+    request: RestoreRequest,
+    tile: int,
+    progress: Progress,
+    cancelled: CancelCheck,
+) -> _Outcome:
+    colour, _alpha = _split_alpha(picture.pixels)
+    rgb = np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour
+    passes = request.variations * (2 if request.fix_scratches else 1)
+    network = _VAEPasses(model, rgb, tile, cancelled)
+    done = 0
+    fill_mask = mask
+    restored, spreads = [], []
+    notes: list[str] = []
+    for k in range(request.variations):
+        noise = None if k == 0 else _latent_noise(request.seed, k, rgb.shape[:2])
+        label = "Restoring" if k == 0 else f"Variation {k}"
+        out = network.run(None, noise, _share(progress, done, passes, f"{label} · "))
+        done += 1
+        base, damage, spread = out[..., :3], out[..., 3], out[..., 4]
+        result = rgb + request.denoise * (base - rgb)
+        if request.fix_scratches:
+            if fill_mask is None:
+                fill_mask = detected_mask(damage)
+                if k == 0 and not fill_mask.any():
+                    notes.append("no scratches or dust detected")
+            if fill_mask.any():
+                share = _share(progress, done, passes, f"{label} · filling · ")
+                filled = network.run(fill_mask, noise, share)
+                inside = fill_mask[..., None]
+                result = np.where(inside, filled[..., :3], result)
+                spread = np.where(fill_mask, filled[..., 4], spread)
+            done += 1
+        restored.append(np.clip(result, 0, 1))
+        spreads.append(spread)
+    uncertainty = np.sqrt(np.mean(np.square(spreads), axis=0))
+    if len(restored) > 1:
+        between = np.stack(restored).var(axis=0).mean(axis=2)
+        uncertainty = np.sqrt(np.square(uncertainty) + between)
+    if colour.shape[2] == 1:
+        restored = [r.mean(axis=2, keepdims=True) for r in restored]
+    return _Outcome(
+        restored=restored,
+        uncertainty=uncertainty.astype(np.float32),
+        damage_mask=fill_mask if request.fix_scratches else None,
+        notes=tuple(notes),
+    )
+
+
+class _VAEPasses:
+    """One picture through the restoration VAE: a pass is one tiled run of the five planes."""
+
+    def __init__(self, model: Any, rgb: np.ndarray, tile: int, cancelled: CancelCheck) -> None:
+        import torch
+
+        self.model = model
+        self.net = model.model
+        self.rgb = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
+        self.tile = tile
+        self.cancelled = cancelled
+
+    def run(self, fill: np.ndarray | None, noise: np.ndarray | None, progress: Progress):
+        """(H, W, 5): RGB, damage probability, uncertainty. Tiles with nothing to fill are
+        skipped in a fill pass (their pixels are not used)."""
+        import torch
+
+        from studio.engines.tiling import upscale_tiled
+        from studio.models.upscalers import SizeRules
+        from studio.nn.restore_vae import MULTIPLE_OF
+
+        height, width = self.rgb.shape[2:]
+        mask = torch.zeros(1, 1, height, width)
+        if fill is not None:
+            mask = torch.from_numpy(fill.astype(np.float32))[None, None]
+        latent = torch.zeros(1, 1, height, width)
+        if noise is not None:
+            latent = torch.from_numpy(noise)[None, None]
+        planes = torch.cat([self.rgb, mask, latent], dim=1)
+        planes = planes.to(device=self.model.device, dtype=self.model.dtype)
+        net = self.net
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            if fill is not None and not bool((batch[:, 3] > 0).any()):
+                shape = (batch.shape[0], 5, *batch.shape[2:])
+                return torch.zeros(shape, dtype=batch.dtype, device=batch.device)
+            with torch.inference_mode():
+                return net(batch)
+
+        out = upscale_tiled(
+            forward,
+            planes,
+            scale=1,
+            tile=self.tile,
+            overlap=VAE_OVERLAP,
+            size_rules=SizeRules(multiple_of=MULTIPLE_OF),
+            progress=progress,
+            cancelled=self.cancelled,
+            min_tile=MIN_TILE,
+        )
+        return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
+
+
+def _latent_noise(seed: int, variation: int, size: tuple[int, int]) -> np.ndarray:
+    """The standard-normal plane that draws variation `variation`'s latent sample."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * MAX_VARIATIONS + variation)
+    return torch.randn(size, generator=generator).numpy()
+
+
+def detected_mask(damage: np.ndarray) -> np.ndarray:
+    """The damage head's probability -> the pixels to fill (thresholded, then grown a little)."""
+    import cv2
+
+    mask = (damage > DAMAGE_THRESHOLD).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * DAMAGE_GROW + 1,) * 2)
+    return cv2.dilate(mask, kernel).astype(bool)
+
+
+def colour_levels(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel black and white points of a picture (on at most ~1 MP of it)."""
+    step = max(1, int(math.sqrt(pixels.shape[0] * pixels.shape[1] / 1e6)))
+    sample = pixels[::step, ::step].reshape(-1, pixels.shape[2])
+    low = np.percentile(sample, LEVELS_PERCENTILE, axis=0)
+    high = np.percentile(sample, 100 - LEVELS_PERCENTILE, axis=0)
+    return low.astype(np.float32), high.astype(np.float32)
+
+
+def apply_levels(pixels: np.ndarray, levels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Stretch each channel's black and white points to 0 and 1: fading undone, cast balanced.
+
+    A channel whose range is narrow (a flat or deliberately tinted picture) is stretched at most
+    MAX_LEVELS_GAIN times, about its middle."""
+    low, high = levels
+    span = np.maximum(high - low, 1 / MAX_LEVELS_GAIN)
+    middle = (low + high) / 2
+    low = np.where(high - low < 1 / MAX_LEVELS_GAIN, middle - span / 2, low)
+    return np.clip((pixels - low) / span, 0, 1).astype(np.float32)
+
+
+def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    if pixels.shape[2] == 4:
+        return pixels[..., :3], pixels[..., 3:]
+    return pixels, None
+
+
+def _join_alpha(colour: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    pixels = colour if alpha is None else np.concatenate([colour, alpha], axis=2)
+    return np.ascontiguousarray(pixels, dtype=np.float32)
+
+
+def _share(progress: Progress, index: int, count: int, label: str = "") -> Progress:
+    """Progress of pass `index` of `count` as a share of the run; previews of the first only."""
+    span = 0.95 / count
+
+    def report(fraction: float, message: str, preview: Any | None = None) -> None:
+        progress(span * (index + fraction), label + message, preview if index == 0 else None)
+
+    return report
