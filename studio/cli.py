@@ -253,6 +253,11 @@ def cmd_restore(ctx: AppContext, args: argparse.Namespace) -> int:
             raise UserError(f"mask not found: {args.mask}")
     model_path = args.model or default_restorer()
     model = inspect_model(model_path)  # a bad model file fails once, before any image
+    if model.purpose != "restore":
+        raise UserError(
+            f"{model.name} is a x{model.scale} upscaler; use it with `studio upscale`, or give "
+            "a x1 restoration model (or none, for Studio's own)."
+        )
     built_in = "" if args.model else ", built in"
     print(f"model: {model.name} ({model.architecture}{built_in})", file=sys.stderr)
     settings = ctx.settings
