@@ -61,6 +61,16 @@ def test_tiled_restore_matches_untiled_within_2_levels(tmp_path, vae):
     assert np.abs(whole.uncertainty - tiled.uncertainty).max() <= 2 / 255
 
 
+def test_a_prefiltered_vae_still_tiles_invisibly(tmp_path):
+    vae = make_restore_vae(tmp_path / "prefiltered.safetensors", prefilter=5.0)
+    path = photo(tmp_path, 140, 150)
+    plain = restore(path, make_restore_vae(tmp_path / "plain.safetensors"), tile=0)
+    whole = restore(path, vae, tile=0)
+    tiled = restore(path, vae, tile=64)
+    assert np.abs(whole.pictures[0].pixels - tiled.pictures[0].pixels).max() <= 2 / 255
+    assert np.abs(whole.pictures[0].pixels - plain.pictures[0].pixels).max() > 2 / 255
+
+
 def test_same_seed_gives_the_same_pixels_and_variations_differ(tmp_path, vae):
     path = photo(tmp_path)
     first = restore(path, vae, seed=7, variations=3)

@@ -90,6 +90,7 @@ def make_restore_vae(
     seed: int = 0,
     *,
     texture: float = 0.05,
+    prefilter: float = 0.0,
 ) -> Path:
     """Save a tiny random-weight restoration VAE, as `studio.train.restore` saves the real one.
 
@@ -98,7 +99,7 @@ def make_restore_vae(
     from studio.nn.restore_vae import RestoreVAE
 
     torch.manual_seed(seed)
-    model = RestoreVAE(width, latent, blocks).eval()
+    model = RestoreVAE(width, latent, blocks, prefilter).eval()
     with torch.no_grad():
         model.head.weight[:3].normal_(0, 0.5)
         model.from_latent.weight.mul_(4)

@@ -402,9 +402,12 @@ class _VAEPasses:
     def __init__(self, model: Any, rgb: np.ndarray, tile: int, cancelled: CancelCheck) -> None:
         import torch
 
+        from studio.nn.restore_vae import prefilter
+
         self.model = model
         self.net = model.model
-        self.rgb = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
+        seen = prefilter(rgb, float(self.net.prefilter_strength))
+        self.rgb = torch.from_numpy(np.ascontiguousarray(seen)).permute(2, 0, 1).unsqueeze(0)
         self.tile = tile
         self.cancelled = cancelled
 

@@ -23,6 +23,7 @@ width must be multiples of 4.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,11 +51,16 @@ class ResBlock(nn.Module):
 class RestoreVAE(nn.Module):
     """`width` features at full resolution, 2x at half and 4x at a quarter (the latent's)."""
 
-    def __init__(self, width: int = 16, latent: int = 8, blocks: int = 2) -> None:
+    def __init__(
+        self, width: int = 16, latent: int = 8, blocks: int = 2, prefilter: float = 0.0
+    ) -> None:
         super().__init__()
         if not 1 <= latent <= 16:
             raise ValueError("the latent has 1 to 16 channels (one noise plane, unshuffled by 4)")
         self.width, self.latent, self.blocks = width, latent, blocks
+        # The strength of the non-local-means prefilter the network was trained behind (0 = none),
+        # kept with the weights so that every caller feeds the network what it learnt from.
+        self.register_buffer("prefilter_strength", torch.tensor(float(prefilter)))
         w1, w2, w4 = width, 2 * width, 4 * width
         self.stem = nn.Conv2d(4, w1, 3, padding=1)
         self.down1 = nn.Conv2d(w1, w2, 4, stride=2, padding=1)
@@ -74,8 +80,13 @@ class RestoreVAE(nn.Module):
             self.head.weight[:3].zero_()
             self.head.bias[:3].zero_()
 
-    def config(self) -> dict[str, int]:
-        return {"width": self.width, "latent": self.latent, "blocks": self.blocks}
+    def config(self) -> dict[str, float]:
+        return {
+            "width": self.width,
+            "latent": self.latent,
+            "blocks": self.blocks,
+            "prefilter": float(self.prefilter_strength),
+        }
 
     def encode(
         self, image: torch.Tensor, inpaint: torch.Tensor
@@ -142,12 +153,13 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
 
 
-def infer_config(state: dict[str, torch.Tensor]) -> dict[str, int]:
+def infer_config(state: dict[str, torch.Tensor]) -> dict[str, float]:
     """The constructor arguments that built `state` (read from its shapes)."""
     width = int(state["stem.weight"].shape[0])
     latent = int(state["posterior.weight"].shape[0]) // 2
     blocks = len({key.split(".")[1] for key in state if key.startswith("enc2.")})
-    return {"width": width, "latent": latent, "blocks": blocks}
+    prefilter = float(state["prefilter_strength"]) if "prefilter_strength" in state else 0.0
+    return {"width": width, "latent": latent, "blocks": blocks, "prefilter": prefilter}
 
 
 def is_restore_vae(state: dict[str, torch.Tensor]) -> bool:
@@ -159,6 +171,21 @@ def is_restore_vae(state: dict[str, torch.Tensor]) -> bool:
 
 
 def build_from_state(state: dict[str, torch.Tensor]) -> RestoreVAE:
-    model = RestoreVAE(**infer_config(state))
+    config = infer_config(state)
+    model = RestoreVAE(**config)  # type: ignore[arg-type]
+    state = {**state, "prefilter_strength": torch.tensor(config["prefilter"])}
     model.load_state_dict(state)
     return model
+
+
+def prefilter(rgb: np.ndarray, strength: float) -> np.ndarray:
+    """Non-local means (OpenCV, 8-bit, 7x7 patches in a 21x21 window) of an (H, W, 3) float
+    picture: the network refines this instead of the raw scan. Applied to the whole picture
+    before tiling, so tiles do not change it."""
+    import cv2
+
+    if strength <= 0:
+        return rgb
+    bgr = np.ascontiguousarray((np.clip(rgb[..., ::-1], 0, 1) * 255 + 0.5).astype(np.uint8))
+    denoised = cv2.fastNlMeansDenoisingColored(bgr, None, strength, strength, 7, 21)
+    return np.ascontiguousarray(denoised[..., ::-1], dtype=np.float32) / 255

@@ -39,7 +39,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from studio.nn.restore_vae import ARCHITECTURE_ID, RestoreVAE, build_from_state, kl_divergence
+from studio.nn.restore_vae import (
+    ARCHITECTURE_ID,
+    RestoreVAE,
+    build_from_state,
+    kl_divergence,
+    prefilter,
+)
 from studio.train.data import PatchPool, eval_crops
 from studio.train.metrics import psnr_y
 from studio.train.photos import VALIDATION_PHOTOS, named_photos, training_photos
@@ -68,6 +74,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--latent", type=int, default=8)
     parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument(
+        "--prefilter",
+        type=float,
+        default=5.0,
+        metavar="H",
+        help="non-local-means strength in front of the network (0 = none)",
+    )
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1.5e-3)
@@ -84,11 +97,15 @@ class Batch:
     damage: torch.Tensor  # (N, 1, H, W)
 
 
-def make_batch(patches: torch.Tensor, rng: random.Random, inpaint_share: float = 0.5) -> Batch:
-    """Age `patches` (N, 3, H, W) and choose what each one inpaints."""
+def make_batch(
+    patches: torch.Tensor, rng: random.Random, strength: float, inpaint_share: float = 0.5
+) -> Batch:
+    """Age `patches` (N, 3, H, W), prefilter them at `strength` as the engine does, and choose
+    what each one inpaints."""
     samples = []
     for patch in patches:
         aged = degrade_old_photo(patch.permute(1, 2, 0).numpy(), rng)
+        aged.degraded = prefilter(aged.degraded, strength)
         inpaint = inpaint_mask(aged, rng) if rng.random() < inpaint_share else None
         samples.append(_sample(aged, inpaint))
     return Batch(*(torch.stack(parts) for parts in zip(*samples, strict=True)))
@@ -142,9 +159,9 @@ def losses(model: RestoreVAE, batch: Batch, generator: torch.Generator) -> dict[
 class Validation:
     """Aged crops of the validation photos, fixed by seed: half inpaint their damage mask."""
 
-    def __init__(self, photos: Sequence[Path], seed: int) -> None:
+    def __init__(self, photos: Sequence[Path], seed: int, strength: float) -> None:
         truth = eval_crops(photos, 192, per_photo=6)
-        self.batch = make_batch(truth, random.Random(seed + 1000))
+        self.batch = make_batch(truth, random.Random(seed + 1000), strength)
         self.input_psnr = psnr_y(self.batch.degraded, self.batch.target, 4)
 
     @torch.no_grad()
@@ -173,7 +190,7 @@ class Trainer:
         log(f"training photos ({len(self.photos)}): {', '.join(p.name for p in self.photos)}")
         log(f"validation photos: {', '.join(p.name for p in self.validation_photos)}")
         self.pool = PatchPool(self.photos, args.patch, self.rng)
-        self.validation = Validation(self.validation_photos, args.seed)
+        self.validation = Validation(self.validation_photos, args.seed, args.prefilter)
         log(f"validation input PSNR {self.validation.input_psnr:.3f} dB")
         self.resumed_steps = 0
         if args.resume:
@@ -182,8 +199,9 @@ class Trainer:
             with open(args.resume, "rb") as handle:
                 self.resumed_steps = _metadata_steps(handle.read())
             log(f"resumed from {args.resume} ({self.resumed_steps} steps)")
+            self.model.prefilter_strength.fill_(args.prefilter)
         else:
-            self.model = RestoreVAE(args.width, args.latent, args.blocks)
+            self.model = RestoreVAE(args.width, args.latent, args.blocks, args.prefilter)
         self.average = copy.deepcopy(self.model).requires_grad_(False)
         self.optimiser = torch.optim.Adam(self.model.parameters(), args.lr, betas=(0.9, 0.99))
         self.step = 0
@@ -209,7 +227,7 @@ class Trainer:
         while self.fraction() < 1:
             for group in self.optimiser.param_groups:
                 group["lr"] = self.learning_rate(self.fraction())
-            batch = make_batch(self.pool.batch(self.args.batch), self.rng)
+            batch = make_batch(self.pool.batch(self.args.batch), self.rng, self.args.prefilter)
             parts = losses(self.model, batch, self.generator)
             loss = (
                 parts["l1"]
@@ -242,9 +260,11 @@ class Trainer:
         if kept:
             state = {k: v.detach().clone() for k, v in self.average.state_dict().items()}
             self.best = (state, self.step, psnr, iou)
+            if self.step:
+                self.save(self.args.out, quiet=True)  # a run stopped early still leaves its best
         log(f"{prefix} | val PSNR {psnr:.3f} damage IoU {iou:.3f}" + (" *" if kept else ""))
 
-    def save(self, out: Path) -> None:
+    def save(self, out: Path, *, quiet: bool = False) -> None:
         assert self.best is not None
         state, step, psnr, iou = self.best
         metadata = {
@@ -263,7 +283,8 @@ class Trainer:
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=metadata)
-        log(f"saved step {step} (val PSNR {psnr:.3f}, damage IoU {iou:.3f}) to {out}")
+        if not quiet:
+            log(f"saved step {step} (val PSNR {psnr:.3f}, damage IoU {iou:.3f}) to {out}")
 
 
 def _metadata_steps(data: bytes) -> int:
