@@ -3,8 +3,8 @@
 `save_folder` writes a diffusers folder (what `from_pretrained` reads). `save_single_file` writes
 the same weights as one original-layout (LDM) checkpoint, the way Civitai and Automatic1111 models
 come, and `install_family_config` puts the family's configuration where `from_single_file` looks
-for it: the Hugging Face cache, under the repo id diffusers assigns to that family. The tokenizer is a
-byte-level CLIP BPE vocabulary written by hand (no downloads).
+for it: the Hugging Face cache, under the repo id diffusers assigns to that family. The tokenizer
+is a byte-level CLIP BPE vocabulary written by hand (no downloads).
 """
 
 from __future__ import annotations
