@@ -27,13 +27,13 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import (
     QFileDialog,
-    QHBoxLayout,
     QSizePolicy,
     QSlider,
     QSpinBox,
     QToolButton,
     QWidget,
 )
+from superqt import QFlowLayout
 
 from studio.errors import UserError
 from studio.imaging import ImageError, load_picture, picture_from_array, save_picture, to_uint8
@@ -443,10 +443,26 @@ class MaskCanvas(QWidget):
             return
         if event.button() not in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
             return
-        if self._click_step:  # the double-click's first click left a dot: take it back
-            self._apply(self._layer.drop_last_step())
+        self._take_back_clicks()
         self._viewport.toggle_fit(event.position())
         self._move_pointer(event.position())
+
+    def _take_back_clicks(self) -> None:
+        """A double-click is a view gesture: take back the dots its clicks painted."""
+        taken: Box | None = None
+        drag, self._drag = self._drag, None  # Qt may send the second press before this event
+        if drag == "pan":
+            self.setCursor(self._idle_cursor())
+        elif drag == "paint" and self._layer.end_stroke():
+            if self._stroke_moved:
+                self._click_step = False  # a real stroke now lies on top: keep both
+            else:
+                taken = self._layer.drop_last_step()
+        if self._click_step:
+            first = self._layer.drop_last_step()
+            taken = first.united(taken) if first is not None else taken
+        if taken is not None or drag == "paint":
+            self._apply(taken)
 
     def wheelEvent(self, event: QWheelEvent) -> None:
         if self._image is None:
@@ -534,7 +550,7 @@ class MaskToolbar(QWidget):
         self.size_slider = QSlider(Qt.Orientation.Horizontal)
         self.size_slider.setRange(0, SLIDER_STEPS)
         self.size_slider.setToolTip(size_tip)
-        self.size_slider.setMinimumWidth(90)
+        self.size_slider.setFixedWidth(140)
         self.size_slider.valueChanged.connect(
             lambda position: canvas.set_brush_size(_size_at(position))
         )
@@ -560,9 +576,9 @@ class MaskToolbar(QWidget):
         self.save_button = self._button("Save mask…", "Save the mask as a greyscale PNG")
         self.save_button.clicked.connect(self._choose_mask_file_to_save)
 
-        row = QHBoxLayout(self)
+        row = QFlowLayout(self)  # wraps onto a second line in a narrow tab
         row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.size_slider, 1)
+        row.addWidget(self.size_slider)
         row.addWidget(self.size_spin)
         for button in (
             self.brush_button,

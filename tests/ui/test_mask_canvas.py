@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QRect, Qt
-from PySide6.QtGui import QColor, QImage, QWheelEvent
+from PySide6.QtGui import QColor, QImage, QMouseEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication, QVBoxLayout, QWidget
 
 from studio.errors import UserError
@@ -323,12 +323,34 @@ def test_mapping_and_painting_follow_zoom_and_pan(canvas, qtbot):
     assert list(zip(*np.nonzero(canvas.mask()), strict=True)) == [(5, 10)]
 
 
-def test_double_click_toggles_fit_and_100_percent_without_leaving_a_dot(canvas, qtbot):
-    qtbot.mouseDClick(canvas, Qt.MouseButton.LeftButton, pos=QPoint(100, 100))
+def send_mouse(canvas: MaskCanvas, kind: QEvent.Type, position: QPointF) -> None:
+    left = Qt.MouseButton.LeftButton
+    held = Qt.MouseButton.NoButton if kind == QEvent.Type.MouseButtonRelease else left
+    event = QMouseEvent(
+        kind, position, canvas.mapToGlobal(position), left, held, Qt.KeyboardModifier.NoModifier
+    )
+    QApplication.sendEvent(canvas, event)
+
+
+@pytest.mark.parametrize("second_press", [False, True], ids=["qt5-order", "qt6-order"])
+def test_double_click_toggles_fit_and_100_percent_without_leaving_a_dot(canvas, second_press):
+    position = QPointF(100, 100)
+    press, release = QEvent.Type.MouseButtonPress, QEvent.Type.MouseButtonRelease
+    double = QEvent.Type.MouseButtonDblClick
+    clicks = [press, release, *([press] if second_press else []), double, release]
+    for kind in clicks:
+        send_mouse(canvas, kind, position)
     assert canvas.zoom() == pytest.approx(1.0)
-    assert canvas.map_to_image(QPointF(100, 100)) == QPointF(50, 50)  # zoomed around the cursor
-    qtbot.mouseDClick(canvas, Qt.MouseButton.LeftButton, pos=QPoint(100, 100))
+    assert canvas.map_to_image(position) == QPointF(50, 50)  # zoomed around the cursor
+    assert not canvas.has_mask() and not canvas.can_undo()
+    canvas.set_brush_size(4)
+    canvas.paint_stroke([QPointF(20.5, 20.5)])
+    assert canvas.map_to_image(QPointF(150, 150)) == QPointF(100, 100)
+    for kind in clicks:
+        send_mouse(canvas, kind, QPointF(150, 150))
     assert canvas.zoom() == pytest.approx(2.0)
+    assert canvas.mask()[20, 20] == 255 and canvas.mask()[100, 100] == 0  # only clicks undone
+    canvas.undo()
     assert not canvas.has_mask() and not canvas.can_undo()
 
 
