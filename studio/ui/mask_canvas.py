@@ -146,6 +146,7 @@ class MaskCanvas(QWidget):
             image = None
         self._image = image
         width, height = (image.width(), image.height()) if image is not None else (0, 0)
+        self._overlay = None  # it points into the old layer's buffer: drop it first
         self._layer = MaskLayer(width, height)
         self._overlay = self._wrap_overlay() if image is not None else None
         alpha = _alpha(image) if image is not None else None

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QApplication, QVBoxLayout, QWidget
 from studio.errors import UserError
 from studio.ui.convert import qimage_from_array
 from studio.ui.mask_canvas import MaskCanvas, MaskToolbar
+from studio.ui.mask_layer import MaskLayer
 
 WIDTH, HEIGHT = 200, 150  # shown in a 400x300 canvas: fitted at exactly 2x, origin (0, 0)
 
@@ -393,6 +394,58 @@ def test_a_stroke_on_a_12_megapixel_photo_touches_only_its_rectangle(canvas, qtb
         assert stroke_on_screen.adjusted(-4, -4, 4, 4).contains(rect), rect
     canvas.undo()
     assert not canvas.has_mask()
+
+
+def hover(canvas: MaskCanvas, position: QPointF) -> None:
+    event = QMouseEvent(
+        QEvent.Type.MouseMove,
+        position,
+        canvas.mapToGlobal(position),
+        Qt.MouseButton.NoButton,
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    QApplication.sendEvent(canvas, event)
+
+
+def outline_distances(canvas: MaskCanvas, centre: QPointF) -> np.ndarray:
+    """How far from `centre` the pixels lie that the brush outline changes on screen."""
+    canvas.leaveEvent(QEvent(QEvent.Type.Leave))
+    without = canvas.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+    hover(canvas, centre)
+    shown = canvas.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+    rows, columns = np.nonzero(
+        np.asarray(shown.constBits()).reshape(shown.height(), -1)
+        != np.asarray(without.constBits()).reshape(without.height(), -1)
+    )
+    return np.hypot(columns // 3 + 0.5 - centre.x(), rows + 0.5 - centre.y())
+
+
+def test_brush_outline_shows_the_brush_size_at_the_current_zoom(canvas):
+    canvas.set_brush_size(40)  # 20 image pixels of radius: 40 on screen at 2x
+    distances = outline_distances(canvas, QPointF(200, 150))
+    assert distances.size > 100
+    assert distances.min() >= 37 and distances.max() <= 43  # a ring 3 px wide
+    wheel(canvas, QPointF(200, 150), 1)  # 2.5x
+    distances = outline_distances(canvas, QPointF(200, 150))
+    assert distances.min() >= 47 and distances.max() <= 53
+
+
+def test_undo_steps_hold_only_what_changed_compressed():
+    layer = MaskLayer(4000, 3000)
+    layer.begin_stroke(32, erase=False)
+    layer.stroke_to((1000.3, 1000.7), (1800.2, 1400.9))
+    assert layer.end_stroke()
+    painted = layer.mask.copy()
+    stroke = layer.history_bytes()
+    assert stroke < 50_000  # the mask itself is 12 MB
+    for _ in range(50):
+        layer.invert()  # the 50th pushes the stroke out of the history
+    assert layer.history_bytes() < 50 * 20_000
+    for _ in range(50):
+        layer.undo()
+    assert not layer.can_undo()
+    np.testing.assert_array_equal(layer.mask, painted)
 
 
 # -- toolbar and keys ------------------------------------------------------------------------
