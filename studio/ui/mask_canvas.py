@@ -307,7 +307,8 @@ class MaskCanvas(QWidget):
     def overlay_colour(self, colour: QColor) -> None:
         self._overlay_colour = QColor(colour)
         if self._overlay is not None:
-            self._overlay.setColorTable(self._colour_table())
+            # A new wrapper: changing a QImage that painting shared could detach it from the mask.
+            self._overlay = self._wrap_overlay()
         self.update()
 
     def paint_stroke(self, points: list[QPointF], *, erase: bool = False) -> None:

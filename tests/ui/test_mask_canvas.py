@@ -148,12 +148,15 @@ def test_right_drag_alt_drag_and_eraser_mode_erase(canvas, qtbot):
 
 
 def test_the_overlay_shows_the_painted_mask_in_the_overlay_colour(canvas):
-    canvas.overlay_colour = QColor(0, 0, 255, 255)
     canvas.set_brush_size(20)
     canvas.paint_stroke([QPointF(50.5, 50.5)])
+    canvas.grab()
+    canvas.overlay_colour = QColor(0, 0, 255, 255)
+    canvas.paint_stroke([QPointF(150.5, 100.5)])  # painted after the colour changed
     shown = canvas.grab().toImage()
     assert shown.pixelColor(101, 101) == QColor(0, 0, 255)  # image (50.5, 50.5) at zoom 2
-    assert shown.pixelColor(300, 200) != QColor(0, 0, 255)
+    assert shown.pixelColor(301, 201) == QColor(0, 0, 255)
+    assert shown.pixelColor(300, 100) != QColor(0, 0, 255)
 
 
 # -- mask operations and history -------------------------------------------------------------
