@@ -1,11 +1,12 @@
 """Paint a mask over an image: what inpainting regenerates, or the scratches a restore repairs.
 
 MaskCanvas shows an image with its mask as a coloured overlay at the image's full resolution.
-Left-drag paints with a round brush, right-drag or Alt+drag erases, middle-drag or Space+drag
-pans, the wheel zooms around the cursor and double-click toggles fit / 100 % (the Viewport every
-Studio view shares). The mask lives in a MaskLayer (numpy, 0/255); the overlay is an 8-bit
-indexed QImage over that same buffer, so a stroke writes numpy pixels under the brush and repaints
-only their rectangle on screen. MaskToolbar holds the brush and mask commands and their keys.
+Left-drag paints with a round brush (Shift+click: a straight line from the last stroke's end),
+right-drag or Alt+drag erases, middle-drag or Space+drag pans, the wheel zooms around the cursor
+and double-click toggles fit / 100 % (the Viewport every Studio view shares). The mask lives in a
+MaskLayer (numpy, 0/255); the overlay is an 8-bit indexed QImage over that same buffer, so a
+stroke writes numpy pixels under the brush and repaints only their rectangle on screen.
+MaskToolbar holds the brush and mask commands and their keys.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class MaskCanvas(QWidget):
         self._eraser = False
         self._drag: str | None = None  # "paint" or "pan" while a button is held
         self._drag_button = Qt.MouseButton.NoButton
-        self._last_point = QPointF()
+        self._last_point = QPointF()  # image coordinates, during a stroke
+        self._stroke_end: QPointF | None = None  # where the last mouse stroke ended
         self._stroke_moved = False
         self._click_step = False  # the last undo step is a stroke without movement
         self._pointer: QPointF | None = None  # where the brush outline is drawn
@@ -153,6 +155,7 @@ class MaskCanvas(QWidget):
         self._has_transparency = alpha is not None and bool((alpha < 255).any())
         self._viewport.set_image_size(image.size() if image is not None else None)
         self._click_step = False
+        self._stroke_end = None
         self.update()
         self._changed()
 
@@ -408,13 +411,24 @@ class MaskCanvas(QWidget):
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
             self.update(self._outline_rect())
         elif left or button == Qt.MouseButton.RightButton:
-            alt = bool(event.modifiers() & Qt.KeyboardModifier.AltModifier)
+            modifiers = event.modifiers()
+            alt = bool(modifiers & Qt.KeyboardModifier.AltModifier)
             erase = self._eraser or alt or button == Qt.MouseButton.RightButton
             self._drag, self._drag_button = "paint", button
-            self._layer.begin_stroke(self._brush_size / 2, erase=erase)
-            self._last_point = self.map_to_image(position)
-            self._stroke_moved = False
-            self._stroke_segment(self._last_point, self._last_point)
+            self._start_stroke(
+                self.map_to_image(position),
+                erase=erase,
+                from_last=bool(modifiers & Qt.KeyboardModifier.ShiftModifier),
+            )
+
+    def _start_stroke(self, point: QPointF, *, erase: bool, from_last: bool) -> None:
+        """Begin a mouse stroke at `point`; Shift (`from_last`) draws a straight line to it
+        from where the previous stroke ended, as in Photoshop and Krita."""
+        start = self._stroke_end if from_last and self._stroke_end is not None else point
+        self._layer.begin_stroke(self._brush_size / 2, erase=erase)
+        self._stroke_segment(start, point)
+        self._stroke_moved = start != point
+        self._last_point = point
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
         position = event.position()
@@ -439,6 +453,7 @@ class MaskCanvas(QWidget):
         changed = self._layer.end_stroke()
         self._apply(None)
         self._click_step = changed and not self._stroke_moved
+        self._stroke_end = self._last_point
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
         if self._image is None:

@@ -127,6 +127,20 @@ def test_a_fast_mouse_drag_paints_a_gapless_line_through_the_event_positions(can
     assert not canvas.has_mask()  # the whole drag was one step
 
 
+def test_shift_click_draws_a_straight_line_from_where_the_last_stroke_ended(canvas, qtbot):
+    canvas.set_brush_size(5)
+    drag(qtbot, canvas, [(41, 41), (81, 61)])
+    qtbot.mouseClick(
+        canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier, QPoint(301, 221)
+    )
+    path = image_path(canvas, [(41, 41), (81, 61), (301, 221)])
+    np.testing.assert_array_equal(canvas.mask(), as_mask(within_brush((HEIGHT, WIDTH), path, 5)))
+    canvas.undo()  # the line is a step of its own
+    np.testing.assert_array_equal(
+        canvas.mask(), as_mask(within_brush((HEIGHT, WIDTH), path[:2], 5))
+    )
+
+
 def test_right_drag_alt_drag_and_eraser_mode_erase(canvas, qtbot):
     canvas.set_mask(np.full((HEIGHT, WIDTH), 255, np.uint8))
     canvas.set_brush_size(7)
