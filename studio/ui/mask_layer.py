@@ -153,9 +153,6 @@ class MaskLayer:
         self._record(step)
         return True
 
-    def last_step_box(self) -> Box | None:
-        return self._undo[-1].box if self._undo else None
-
     # -- history --------------------------------------------------------------------------
     def can_undo(self) -> bool:
         return bool(self._undo)

@@ -330,6 +330,7 @@ def test_mapping_and_painting_follow_zoom_and_pan(canvas, qtbot):
     assert canvas.map_to_image(QPointF(40, 20)) == QPointF(10, 5)
     drag(qtbot, canvas, [(100, 100), (80, 90), (60, 80)], Qt.MouseButton.MiddleButton)
     assert canvas.map_to_image(QPointF(40, 20)) == QPointF(20, 10)
+    assert canvas.map_from_image(QPointF(20, 10)) == QPointF(40, 20)
     assert not canvas.has_mask()  # panning paints nothing
     qtbot.keyPress(canvas, Qt.Key.Key_Space)
     drag(qtbot, canvas, [(100, 100), (140, 120)])
