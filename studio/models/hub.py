@@ -315,7 +315,7 @@ def cached_repo(
         return None
     patterns = list(allow_patterns) if allow_patterns is not None else None
     if (snapshot / "model_index.json").is_file():
-        return snapshot if _diffusers_complete(snapshot, patterns) else None
+        return snapshot if diffusers_folder_complete(snapshot, patterns) else None
     files = [path.relative_to(snapshot).as_posix() for path in _files(snapshot)]
     if not files:
         return None
@@ -369,9 +369,12 @@ def _files(folder: Path) -> list[Path]:
     return [path for path in folder.rglob("*") if path.is_file()]
 
 
-def _diffusers_complete(snapshot: Path, patterns: list[str] | None) -> bool:
+def diffusers_folder_complete(folder: Path, allow_patterns: Iterable[str] | None = None) -> bool:
+    """Whether every component `model_index.json` lists (among `allow_patterns`) is in `folder`,
+    with its weights (every shard) where it is a model."""
+    patterns = list(allow_patterns) if allow_patterns is not None else None
     try:
-        index = json.loads((snapshot / "model_index.json").read_text(encoding="utf-8"))
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     for name, value in index.items():
@@ -379,7 +382,7 @@ def _diffusers_complete(snapshot: Path, patterns: list[str] | None) -> bool:
             continue
         if patterns is not None and not any(fnmatch.fnmatch(f"{name}/x", p) for p in patterns):
             continue
-        if not _component_complete(snapshot / name):
+        if not _component_complete(folder / name):
             return False
     return True
 
