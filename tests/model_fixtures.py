@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hub_server import REPO_ID
 from safetensors.numpy import save_file
 
 from studio.models import catalogue
-from tests.hub_server import REPO_ID
 
 
 class _FileHandler(BaseHTTPRequestHandler):

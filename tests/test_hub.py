@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hub_server import COMMIT, REPO_ID, Hub, running_hub
 
 from studio.models import hub
 from studio.progress import Cancelled
-from tests.hub_server import COMMIT, REPO_ID, Hub, running_hub
 
 # What a download of the tiny repository keeps: one copy of each component's weights.
 EXPECTED = [
@@ -91,6 +91,7 @@ def test_download_fills_the_standard_cache_with_one_copy_of_each_weight(local_hu
     for name in EXPECTED:
         assert (snapshot / name).read_bytes() == local_hub.files[name]
     assert (snapshot.parent.parent / "refs" / "main").read_text() == COMMIT
+    assert hub.weights_variant(snapshot) == "fp16"  # what from_pretrained needs as variant=
     # The fp32, .bin and single-file duplicates never left the server.
     fetched = [r for r in local_hub.requests if r.startswith("CDN")]
     assert len(fetched) == 2

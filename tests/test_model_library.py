@@ -10,13 +10,8 @@ import pickle
 from pathlib import Path
 
 import pytest
-
-from studio.models import hub
-from studio.models.library import LibraryError, ModelLibrary
-from studio.models.shipped import shipped_upscalers
-from studio.paths import user_dirs
-from tests.hub_server import REPO_ID, running_hub
-from tests.model_fixtures import (
+from hub_server import REPO_ID, running_hub
+from model_fixtures import (
     diffusers_folder,
     file_server,
     hub_entry,
@@ -25,7 +20,12 @@ from tests.model_fixtures import (
     url_entry,
     use_catalogue,
 )
-from tests.tiny_models import make_compact, make_esrgan
+from tiny_models import make_compact, make_esrgan
+
+from studio.models import hub
+from studio.models.library import LibraryError, ModelLibrary
+from studio.models.shipped import shipped_upscalers
+from studio.paths import user_dirs
 
 
 @pytest.fixture

@@ -356,6 +356,16 @@ def delete_cached_repo(repo_id: str) -> int:
     return strategy.expected_freed_size
 
 
+def weights_variant(folder: Path) -> str | None:
+    """The precision variant ("fp16") of a diffusers folder's weights, for diffusers'
+    `from_pretrained(folder, variant=...)`; None when its weights carry no variant."""
+    for path in folder.glob("*/*"):
+        match = _WEIGHTS.match(path.name) or _INDEX.match(path.name)
+        if match and match["variant"]:
+            return match["variant"]
+    return None
+
+
 def _read_ref(storage: Path, revision: str) -> str | None:
     ref = storage / "refs" / revision
     if not ref.is_file():
