@@ -19,6 +19,9 @@ from safetensors.numpy import save_file
 from studio.models import catalogue
 
 
+GATED_AFTER = 512 * 1024  # bytes a gated answer sends before it waits
+
+
 class _FileHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -40,21 +43,29 @@ class _FileHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         chunk = 64 * 1024  # several writes, so progress is reported along the way
+        gate: threading.Event | None = self.server.gate  # type: ignore[attr-defined]
         for offset in range(start, len(body), chunk):
             self.wfile.write(body[offset : offset + chunk])
+            if gate is not None and offset - start == GATED_AFTER - chunk:
+                self.wfile.flush()
+                gate.wait(30)  # hold the rest back until the test opens the gate
 
 
 @contextmanager
-def file_server(files: dict[str, bytes]) -> Iterator[str]:
-    """Serve `files` (name -> bytes) on 127.0.0.1; yields the base URL."""
+def file_server(files: dict[str, bytes], gate: threading.Event | None = None) -> Iterator[str]:
+    """Serve `files` (name -> bytes) on 127.0.0.1; yields the base URL. With a `gate`, each
+    answer sends its first `GATED_AFTER` bytes, then waits for the gate to open."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FileHandler)
     httpd.daemon_threads = True
     httpd.files = files  # type: ignore[attr-defined]
+    httpd.gate = gate  # type: ignore[attr-defined]
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
+        if gate is not None:
+            gate.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
