@@ -18,7 +18,6 @@ from safetensors.numpy import save_file
 
 from studio.models import catalogue
 
-
 GATED_AFTER = 512 * 1024  # bytes a gated answer sends before it waits
 
 
