@@ -303,3 +303,30 @@ def test_sharded_weights_keep_every_shard_and_their_index():
         "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
         "unet/diffusion_pytorch_model.safetensors.index.fp16.json",
     ]
+
+
+def test_xet_progress_reports_count_each_byte_once():
+    """Over Xet (the real Hub's storage), huggingface_hub reports written and network bytes
+    separately; Studio's progress counts the written ones."""
+    from types import SimpleNamespace
+
+    from huggingface_hub.utils._xet_progress_reporting import XetDownloadProgressReporter
+
+    reports = Reports()
+    meter = hub._Meter(REPO_ID, 1000, reports, never)
+    meter.start_file(hub.RepoFile("unet/weights.safetensors", 1000))
+    reporter = XetDownloadProgressReporter(
+        reconstruction_desc="unet", total=1000, log_level=0, tqdm_class=meter.bar_class()
+    )
+    with reporter:
+        for written, received in ((300, 500), (1000, 900)):
+            report = SimpleNamespace(
+                total_bytes_completed=written,
+                total_transfer_bytes_completed=received,
+                total_bytes_completion_rate=None,
+                total_transfer_bytes_completion_rate=None,
+                total_bytes=1000,
+            )
+            reporter.update_progress(report)
+
+    assert [fraction for fraction, _ in reports.calls] == [0.3, 1.0]

@@ -16,8 +16,8 @@ here and the other way round. `HF_ENDPOINT` points at a mirror (tests point it a
   `variant` (fp16) where published, safetensors before pickles, no single-file checkpoints, ONNX,
   Flax or OpenVINO duplicates. A Stable Diffusion repository holds many GB of these.
 
-Over Hugging Face's Xet storage (hf_xet installed, a real Hub), cancelling waits for hf_xet's next
-progress report or the next file.
+Over Hugging Face's Xet storage (hf_xet installed, a real Hub) progress comes from hf_xet's reports
+and cancelling takes effect at its next report.
 """
 
 from __future__ import annotations
@@ -201,6 +201,10 @@ def _fetch_file(plan: RepoPlan, file: RepoFile, meter: _Meter, timeout: float) -
     except Cancelled:
         raise
     except Exception as error:
+        if meter.cancelled():  # hf_xet reports a callback's Cancelled as its own error
+            raise Cancelled(
+                f"Download of {plan.repo_id} cancelled; the files already fetched are kept."
+            ) from error
         raise _hub_error(error, plan.repo_id, plan.revision, file.path) from error
     meter.finish_file(file)
 
@@ -245,7 +249,11 @@ class _Meter:
         self.progress(fraction, f"{text} ({self.file_name})")
 
     def bar_class(self) -> type:
-        """A tqdm stand-in bound to this meter; huggingface_hub builds one per file."""
+        """A tqdm stand-in bound to this meter; huggingface_hub builds one per file.
+
+        Its `update_transfer` makes huggingface_hub treat it as one aggregated bar: over HTTP and
+        over Xet, written bytes arrive through `update` and network bytes (not counted again)
+        through `update_transfer`."""
         meter = self
 
         class Bar:
@@ -260,6 +268,12 @@ class _Meter:
 
             def update(self, count: float | None = 1) -> None:
                 meter.advance(count or 0)
+
+            def update_transfer(self, count: float | None = 1) -> None:
+                pass
+
+            def set_transfer_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+                pass
 
             def close(self) -> None:
                 pass
