@@ -383,7 +383,8 @@ def cmd_models_download(ctx: AppContext, args: argparse.Namespace) -> int:
     library = ModelLibrary(ctx.dirs)
     item = library.find(args.name)
     if not item.installed:
-        print(f"{item.name}: {item.family}, {human_size(item.size_bytes)}", file=sys.stderr)
+        size = human_size(library.download_size(item.name))
+        print(f"{item.name}: {item.family}, {size} to download", file=sys.stderr)
         print(f"licence: {item.licence or 'unknown'}", file=sys.stderr)
         if item.non_commercial:
             print("note: this licence does not allow commercial use", file=sys.stderr)

@@ -11,6 +11,16 @@ from tiny_models import make_compact
 
 from studio.cli import main
 from studio.models import hub
+from studio.models.library import human_size
+
+TINY_REPO_SELECTION = (  # what a download of the tiny repository fetches: one copy of each weight
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +72,7 @@ def test_download_shows_the_licence_then_a_progress_bar_and_installs(tmp_path, m
         assert main(["models", "download", "tiny-x2"]) == 0
 
     err = capsys.readouterr().err
+    assert f"tiny-x2: ESRGAN (RRDBNet), {human_size(len(payload))} to download" in err
     assert "licence: BSD-3-Clause" in err
     assert "download tiny-x2 [" in err and "100%" in err
     row = listed(capsys, "--tool", "upscale")["tiny-x2"]
@@ -75,6 +86,8 @@ def test_download_of_a_hugging_face_model_goes_to_the_hf_cache(tmp_path, monkeyp
         assert main(["models", "download", "tiny-diffusers"]) == 0
 
     err = capsys.readouterr().err
+    expected = sum(len(server.files[name]) for name in TINY_REPO_SELECTION)
+    assert f"tiny-diffusers: Stable Diffusion (tiny), {human_size(expected)} to download" in err
     assert "this licence does not allow commercial use" in err
     assert str(hub.cached_repo(REPO_ID)) in err
     assert main(["models", "remove", "tiny-diffusers"]) == 0

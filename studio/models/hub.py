@@ -175,6 +175,7 @@ def fetch_repo(
     snapshot = repo_cache_folder(repo_id) / "snapshots" / plan.commit
     missing = [file for file in plan.files if not (snapshot / file.path).is_file()]
     meter = _Meter(repo_id, sum(file.size or 0 for file in missing), progress, cancelled)
+    progress(0.0, f"{repo_id}: {len(missing)} files, {_mb(meter.total)} MB to download…")
     for file in missing:
         if cancelled():
             raise Cancelled(f"Download of {repo_id} cancelled; the files already fetched are kept.")

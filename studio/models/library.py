@@ -143,6 +143,14 @@ class ModelLibrary:
 
     # --- Downloading ---------------------------------------------------------------------------
 
+    def download_size(self, name: str) -> int | None:
+        """Bytes a download of `name` fetches: the catalogue's for a file, the Hub's answer for a
+        Hugging Face repository (asks the network); None where unknown."""
+        entry = self._entry(self.find(name).name)
+        if entry.source.kind != "hf_repo":
+            return entry.size
+        return hub.repo_download_size(entry.source.location, entry.source.files)
+
     def download(
         self,
         name: str,
@@ -290,7 +298,10 @@ class ModelLibrary:
         return load_catalogue()
 
     def _entry(self, name: str) -> CatalogueEntry:
-        return next(e for e in self._catalogue() if e.name == name)
+        entry = next((e for e in self._catalogue() if e.name == name), None)
+        if entry is None:
+            raise LibraryError(f"{name} was imported; it has nothing to download.")
+        return entry
 
     def _catalogue_item(self, entry: CatalogueEntry, record: dict | None) -> ModelItem:
         source = entry.source
