@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench screenshot clean
+.PHONY: run test lint bench bench-diffusion screenshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) bench/upscale.py
+
+bench-diffusion: $(STAMP)
+	$(PY) bench/diffusion.py
 
 screenshot: $(STAMP)
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m studio.ui.screenshot docs

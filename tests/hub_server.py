@@ -184,9 +184,10 @@ class _CdnHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def running_hub() -> Iterator[Hub]:
-    """The hub and its CDN on two ports of 127.0.0.1 (two origins, as huggingface.co has)."""
-    hub = Hub()
+def running_hub(files: dict[str, bytes] | None = None) -> Iterator[Hub]:
+    """The hub and its CDN on two ports of 127.0.0.1 (two origins, as huggingface.co has),
+    serving `files` (default: `tiny_repo()`) as its one repository."""
+    hub = Hub(files) if files is not None else Hub()
     servers = []
     for handler in (_HubHandler, _CdnHandler):
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)

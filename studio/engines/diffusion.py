@@ -216,7 +216,7 @@ def run(
     started = time.perf_counter()
     progress(0.0, "Finding the model")
     resolved = models.resolve_model(
-        request.model, progress=_scaled(progress, 0.0, LOAD_SHARE), cancelled=cancelled
+        request.model, progress=_scaled(progress, 0.0, LOAD_SHARE * 0.8), cancelled=cancelled
     )
     task = "inpaint" if isinstance(request, InpaintRequest) else "text2img"
     models.pipeline_class(resolved.family, task)  # refuses an inpainting model for text2img early
@@ -229,7 +229,7 @@ def run(
     sha256 = models.model_sha256(resolved)
     if cancelled():
         raise Cancelled
-    progress(LOAD_SHARE / 2, f"Loading {resolved.name}")
+    progress(LOAD_SHARE * 0.8, f"Loading {resolved.name}")
     with models.use_pipeline(resolved, device, dtype, request.memory, cache, sha256) as (
         base,
         mode,
@@ -238,11 +238,12 @@ def run(
         warnings = _prompt_warnings(pipe, request)
         for warning in warnings:
             progress(LOAD_SHARE, warning)
+        watcher = _StepWatcher(resolved.family, progress, cancelled)
         if task == "text2img":
-            picture, size = _generate(pipe, resolved.family, request, progress, cancelled)
+            picture, size = _generate(pipe, watcher, request)
             source_type = TRAINED_ALGORITHMIC_MEDIA
         else:
-            picture, size = _inpaint(pipe, resolved, request, progress, cancelled)
+            picture, size = _inpaint(pipe, watcher, resolved, request)
             source_type = COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA
     facts = RunFacts(
         model_name=resolved.name,
@@ -255,6 +256,7 @@ def run(
             "memory": mode,
             "warnings": warnings,
             "seconds": round(time.perf_counter() - started, 3),
+            "preview_seconds": round(watcher.preview_seconds, 5),
         },
     )
     parameters = a1111_parameters(request, resolved.name, sha256, size)
@@ -371,9 +373,8 @@ def _call(pipe: Any, watcher: _StepWatcher, **kwargs: Any) -> np.ndarray:
 
 
 def _generate(
-    pipe: Any, family: Any, request: GenerateRequest, progress: Progress, cancelled: CancelCheck
+    pipe: Any, watcher: _StepWatcher, request: GenerateRequest
 ) -> tuple[Picture, tuple[int, int]]:
-    watcher = _StepWatcher(family, progress, cancelled)
     pixels = _call(
         pipe,
         watcher,
@@ -450,7 +451,7 @@ def work_size(width: int, height: int, native: int) -> tuple[int, int]:
 
 
 def _inpaint(
-    pipe: Any, resolved: Any, request: InpaintRequest, progress: Progress, cancelled: CancelCheck
+    pipe: Any, watcher: _StepWatcher, resolved: Any, request: InpaintRequest
 ) -> tuple[Picture, tuple[int, int]]:
     import cv2
     from PIL import Image
@@ -475,7 +476,6 @@ def _inpaint(
     work_mask = cv2.resize(crop_mask, (work_w, work_h), interpolation=cv2.INTER_AREA) > 0
     mask_image = Image.fromarray(work_mask.astype(np.uint8) * 255, mode="L")
 
-    watcher = _StepWatcher(resolved.family, progress, cancelled)
     generated = _call(
         pipe,
         watcher,

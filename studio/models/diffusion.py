@@ -78,16 +78,6 @@ def resolve_source(reference: str) -> ModelSource:
     raise DiffusionModelError(f"{text} does not exist (and is not a Hugging Face repo id).")
 
 
-def hub_cache_dir() -> Path:
-    """The standard Hugging Face cache, read from the environment now (tests and users move it)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
-    )
-    return Path(home) / "hub"
-
-
 # --- families -------------------------------------------------------------------------------------
 
 # Latent-to-RGB approximations (ComfyUI's latent_formats): a preview for each step costs one 4x3
@@ -329,25 +319,27 @@ def resolve_model(
 
 
 def _repo_snapshot(repo_id: str, *, progress: Progress, cancelled: CancelCheck) -> Path:
+    """The repo's complete snapshot in the Hugging Face cache, downloaded on first use."""
     from studio.models import hub
 
-    patterns = hub.diffusers_patterns()
-    cached = cached_snapshot(repo_id, patterns)
-    if cached is not None and _unet_weights(cached):
+    cached = hub.cached_repo(repo_id)
+    if cached is not None:
         return cached
-    return hub.fetch_repo(repo_id, allow_patterns=patterns, progress=progress, cancelled=cancelled)
+    return hub.fetch_repo(repo_id, progress=progress, cancelled=cancelled)
+
+
+CONFIG_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt"]
 
 
 def _family_config(repo_id: str, *, progress: Progress, cancelled: CancelCheck) -> Path:
-    patterns = ["*.json", "**/*.json", "*.txt", "**/*.txt"]
-    cached = cached_snapshot(repo_id, patterns)
-    if cached is not None and (cached / "model_index.json").is_file():
-        return cached
     from studio.models import hub
 
+    cached = _cached_config(repo_id)
+    if cached is not None:
+        return cached
     try:
         return hub.fetch_repo(
-            repo_id, allow_patterns=patterns, progress=progress, cancelled=cancelled
+            repo_id, allow_patterns=CONFIG_PATTERNS, progress=progress, cancelled=cancelled
         )
     except UserError as exc:
         raise DiffusionModelError(
@@ -357,17 +349,24 @@ def _family_config(repo_id: str, *, progress: Progress, cancelled: CancelCheck) 
         ) from exc
 
 
-def cached_snapshot(repo_id: str, patterns: list[str]) -> Path | None:
-    """The repo's snapshot folder in the Hugging Face cache, without touching the network."""
+def _cached_config(repo_id: str) -> Path | None:
+    """The family's configuration in the Hugging Face cache (with or without its weights)."""
     from huggingface_hub import snapshot_download
 
+    from studio.models.hub import hub_cache_dir
+
     try:
-        folder = snapshot_download(
-            repo_id, allow_patterns=patterns, cache_dir=str(hub_cache_dir()), local_files_only=True
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=CONFIG_PATTERNS,
+                cache_dir=str(hub_cache_dir()),
+                local_files_only=True,
+            )
         )
     except Exception:  # not cached (LocalEntryNotFoundError), or a damaged cache entry
         return None
-    return Path(folder)
+    return folder if (folder / "model_index.json").is_file() else None
 
 
 def _unet_weights(folder: Path) -> list[Path]:
@@ -438,11 +437,9 @@ def load_pipeline(model: ResolvedModel, device: Any, dtype: Any) -> Any:
                 **options,
             )
         else:
-            variant = (
-                "fp16"
-                if _has_fp16_variant(model.folder) and str(dtype).endswith("float16")
-                else None
-            )
+            from studio.models.hub import weights_variant
+
+            variant = weights_variant(model.folder)  # downloads keep fp16 copies only; CPU upcasts
             pipe = cls.from_pretrained(
                 str(model.folder), variant=variant, local_files_only=True, **options
             )
@@ -458,10 +455,6 @@ def load_pipeline(model: ResolvedModel, device: Any, dtype: Any) -> Any:
         ) from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def _has_fp16_variant(folder: Path) -> bool:
-    return any((folder / "unet").glob("*.fp16.safetensors"))
 
 
 def apply_memory_mode(pipe: Any, device: Any, mode: str, *, needed_bytes: int) -> str:
@@ -495,10 +488,16 @@ def apply_memory_mode(pipe: Any, device: Any, mode: str, *, needed_bytes: int) -
 
 
 def for_task(base: Any, family: Family, task: str, scheduler: Any) -> Any:
-    """A new pipeline for `task` sharing the cached one's modules: nothing is loaded twice, and the
-    run's scheduler does not leak into the cached pipeline."""
-    pipe = pipeline_class(family, task).from_pipe(base, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
+    """The pipeline for `task`, sharing the cached one's modules (nothing is loaded twice), with
+    the run's scheduler; the cached pipeline's own scheduler is left alone. Derived pipelines are
+    kept with the cached one: deriving costs more than a tiny model's step."""
+    tasks = base.__dict__.setdefault("_studio_tasks", {})
+    pipe = tasks.get(task)
+    if pipe is None:
+        pipe = pipeline_class(family, task).from_pipe(base)
+        pipe.set_progress_bar_config(disable=True)
+        tasks[task] = pipe
+    pipe.scheduler = scheduler
     return pipe
 
 
