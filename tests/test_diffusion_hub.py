@@ -1,5 +1,5 @@
-"""A Hugging Face repo id as a diffusion model: downloaded on first use into the shared cache (from a
-local stand-in for the Hub, tests/hub_server.py), then used offline."""
+"""A Hugging Face repo id as a diffusion model: downloaded on first use into the shared cache
+(from a local stand-in for the Hub, tests/hub_server.py), then used offline."""
 
 from __future__ import annotations
 
