@@ -64,6 +64,69 @@ def test_every_scheduler_runs_and_is_reproducible(models):
         assert np.isfinite(first).all()
 
 
+def test_sdxl_models_generate_and_inpaint(models, tmp_path):
+    """The SDXL family: two text encoders, its own pipelines and preview factors."""
+    xl = models["xl_folder"]
+    assert family_of_folder(xl).name == "sdxl"
+    cache = ModelCache()
+    first = diffusion.run(generate(xl, scheduler="dpmpp_2m_karras"), cache=cache)
+    again = diffusion.run(generate(xl, scheduler="dpmpp_2m_karras"), cache=cache)
+    assert first.facts.extra["family"] == "SDXL"
+    assert np.array_equal(pixels_of(first), pixels_of(again))
+    image = photo(tmp_path / "photo.png", 96, 64)
+    mask = mask_file(tmp_path / "mask.png", 96, 64, (40, 20, 60, 40))
+    result = diffusion.run(inpaint(image, mask, xl, strength=0.9), cache=cache)
+    outside = np.ones((64, 96), bool)
+    outside[20:40, 40:60] = False
+    assert np.array_equal(pixels_of(result)[outside], load_picture(image).pixels[outside])
+    assert len(cache) == 1
+
+
+def test_memory_savers_follow_the_setting_and_free_memory():
+    from studio.models.diffusion import choose_memory_mode
+
+    gib = 1024**3
+    assert choose_memory_mode("auto", "cpu", 0, 4 * gib) == "off"
+    assert choose_memory_mode("auto", "cuda", 24 * gib, 4 * gib) == "off"
+    assert choose_memory_mode("auto", "cuda", 6 * gib, 4 * gib) == "balanced"
+    assert choose_memory_mode("auto", "cuda", 3 * gib, 4 * gib) == "low"
+    assert choose_memory_mode("auto", "mps", 0, 4 * gib) == "balanced"
+    assert choose_memory_mode("low", "cpu", 0, 4 * gib) == "balanced"  # nowhere to offload to
+    assert choose_memory_mode("off", "cuda", 1, 4 * gib) == "off"
+    with pytest.raises(DiffusionModelError, match="unknown memory mode"):
+        choose_memory_mode("tiny", "cuda", 0, 0)
+
+
+def test_balanced_memory_mode_runs_and_is_recorded(models):
+    plain = diffusion.run(generate(models["folder"]), cache=ModelCache())
+    saving = diffusion.run(generate(models["folder"], memory="balanced"), cache=ModelCache())
+    assert saving.facts.extra["memory"] == "balanced"
+    assert np.abs(pixels_of(plain) - pixels_of(saving)).max() <= 2 / 255
+
+
+def test_rerun_from_the_history_gives_identical_pixels(models, tmp_path):
+    from studio.app.context import AppContext
+    from studio.app.runs import execute, request_from_entry
+
+    ctx = AppContext.open()
+    try:
+        image = photo(tmp_path / "photo.png", 80, 64)
+        mask = mask_file(tmp_path / "mask.png", 80, 64, (20, 20, 40, 40))
+        for request in (generate(models["folder"]), inpaint(image, mask, models["folder"])):
+            entry = execute(ctx, request, progress=lambda *a: None, cancelled=lambda: False)
+            if request.tool == "inpaint":
+                image.unlink()  # re-run reads the history's copies of the inputs
+            rerun = execute(
+                ctx, request_from_entry(entry), progress=lambda *a: None, cancelled=lambda: False
+            )
+            first = np.asarray(Image.open(entry.outputs[0].path))
+            second = np.asarray(Image.open(rerun.outputs[0].path))
+            assert np.array_equal(first, second), request.tool
+            assert Image.open(entry.outputs[0].path).text["parameters"].startswith("a ")
+    finally:
+        ctx.close()
+
+
 def test_every_step_reports_progress_with_a_preview(models):
     seen = []
     diffusion.run(

@@ -457,30 +457,41 @@ def load_pipeline(model: ResolvedModel, device: Any, dtype: Any) -> Any:
     return pipe
 
 
-def apply_memory_mode(pipe: Any, device: Any, mode: str, *, needed_bytes: int) -> str:
-    """Place the pipeline on `device`, saving memory as `mode` asks; return the mode applied.
+def choose_memory_mode(mode: str, device_type: str, free_bytes: int, needed_bytes: int) -> str:
+    """The memory savers a run uses, from the setting and what the device has free.
 
-    `auto` turns on attention slicing and VAE tiling when free GPU memory is under twice what the
-    weights need, and model CPU offload when it is under the weights themselves.
+    `auto`: on a GPU, attention slicing and VAE tiling ("balanced") when free memory is under twice
+    what the weights need, plus model CPU offload ("low") when it is under the weights themselves;
+    "balanced" on Apple MPS (unified memory, shared with the system); nothing on the CPU. The CPU
+    has nowhere to offload to, so "low" there is "balanced".
     """
-    from studio.models.device import free_memory_bytes
-
     if mode not in MEMORY_MODES:
         raise DiffusionModelError(
             f"unknown memory mode {mode!r}; choose one of {', '.join(MEMORY_MODES)}."
         )
-    applied = mode
     if mode == "auto":
-        applied = "off"
-        if device.type == "cuda":
-            free = free_memory_bytes(device)
-            applied = (
-                "low" if free < needed_bytes else "balanced" if free < 2 * needed_bytes else "off"
-            )
+        if device_type == "mps":
+            return "balanced"
+        if device_type != "cuda":
+            return "off"
+        if free_bytes < needed_bytes:
+            return "low"
+        return "balanced" if free_bytes < 2 * needed_bytes else "off"
+    if mode == "low" and device_type == "cpu":
+        return "balanced"
+    return mode
+
+
+def apply_memory_mode(pipe: Any, device: Any, mode: str, *, needed_bytes: int) -> str:
+    """Place the pipeline on `device` with the memory savers `choose_memory_mode` picks."""
+    from studio.models.device import free_memory_bytes
+
+    free = free_memory_bytes(device) if device.type == "cuda" else 0
+    applied = choose_memory_mode(mode, device.type, free, needed_bytes)
     if applied in ("balanced", "low"):
         pipe.enable_attention_slicing()
         pipe.vae.enable_tiling()
-    if applied == "low" and device.type != "cpu":
+    if applied == "low":
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
