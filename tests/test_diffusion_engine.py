@@ -380,3 +380,18 @@ def test_moved_model_folder_is_a_clear_error(models, tmp_path):
     (moved / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
     with pytest.raises(DiffusionModelError, match="could not be loaded"):
         diffusion.run(generate(moved), cache=ModelCache())
+
+
+def test_distilled_models_sample_trailing_timesteps(models, tmp_path):
+    turbo = tmp_path / "tiny-sd-turbo"
+    shutil.copytree(models["folder"], turbo)
+    result = diffusion.run(generate(turbo, steps=1, guidance=0.0), cache=ModelCache())
+    assert result.facts.extra["family"] == "SD 1.x Turbo"
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(models["folder"])
+    for name in ("euler", "euler_a", "lcm"):
+        spacing = diffusion._scheduler(pipe, name, family_of_folder(turbo)).config.timestep_spacing
+        assert spacing == "trailing", name
+    base = diffusion._scheduler(pipe, "euler", family_of_folder(models["folder"]))
+    assert base.config.timestep_spacing == pipe.scheduler.config.timestep_spacing
