@@ -395,3 +395,15 @@ def test_distilled_models_sample_trailing_timesteps(models, tmp_path):
         assert spacing == "trailing", name
     base = diffusion._scheduler(pipe, "euler", family_of_folder(models["folder"]))
     assert base.config.timestep_spacing == pipe.scheduler.config.timestep_spacing
+
+
+def test_an_old_format_ckpt_is_read_too(models, tmp_path):
+    import torch
+
+    legacy = tmp_path / "legacy.ckpt"
+    state = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3)}
+    torch.save({"state_dict": state}, legacy, _use_new_zipfile_serialization=False)
+    from studio.models.diffusion import checkpoint_layout
+
+    layout = checkpoint_layout(legacy)
+    assert layout["model.diffusion_model.input_blocks.0.0.weight"].shape == (32, 4, 3, 3)

@@ -241,7 +241,12 @@ def checkpoint_layout(path: Path) -> dict[str, Any]:
                     key: torch.empty(handle.get_slice(key).get_shape(), device="meta")
                     for key in handle.keys()  # noqa: SIM118 (safe_open is not a dict)
                 }
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # the pre-2020 (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DiffusionModelError(
             f"{path.name} cannot be read as a checkpoint ({type(exc).__name__}: {exc}). It may be "
