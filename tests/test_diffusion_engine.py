@@ -407,3 +407,18 @@ def test_an_old_format_ckpt_is_read_too(models, tmp_path):
 
     layout = checkpoint_layout(legacy)
     assert layout["model.diffusion_model.input_blocks.0.0.weight"].shape == (32, 4, 3, 3)
+
+
+def test_pictures_in_memory_can_be_inpainted(models, tmp_path):
+    """What the Restore tab uses to fill detected damage with an installed diffusion model."""
+    image = photo(tmp_path / "photo.png", 96, 64)
+    mask_path = mask_file(tmp_path / "mask.png", 96, 64, (10, 10, 30, 20))
+    request = inpaint(image, mask_path, models["inpaint_folder"])
+    from_files = diffusion.run(request, cache=ModelCache())
+    picture = load_picture(image)
+    mask = np.zeros((64, 96), bool)
+    mask[10:20, 10:30] = True
+    in_memory = diffusion.inpaint_picture(picture, mask, request, cache=ModelCache())
+    assert np.array_equal(pixels_of(from_files), pixels_of(in_memory))
+    with pytest.raises(EngineError, match="mask is 10x10 but the image is 96x64"):
+        diffusion.inpaint_picture(picture, np.ones((10, 10), bool), request)

@@ -209,6 +209,44 @@ def run(
     cancelled: CancelCheck = never_cancelled,
     cache: Any = None,
 ) -> DiffusionResult:
+    if isinstance(request, InpaintRequest):
+        picture = load_picture(request.image_path)
+        mask = load_mask(request.mask_path, (picture.width, picture.height))
+        return inpaint_picture(
+            picture, mask, request, progress=progress, cancelled=cancelled, cache=cache
+        )
+    return _run(request, None, progress, cancelled, cache)
+
+
+def inpaint_picture(
+    picture: Picture,
+    mask: np.ndarray,
+    request: InpaintRequest,
+    *,
+    progress: Progress = no_progress,
+    cancelled: CancelCheck = never_cancelled,
+    cache: Any = None,
+) -> DiffusionResult:
+    """Repaint `mask` (bool, True = repaint) of a picture already in memory, with the model and
+    settings of `request`, whose image and mask paths are not read: the Restore tab fills the
+    damage it detected this way when a diffusion model is installed."""
+    if mask.shape != (picture.height, picture.width):
+        raise EngineError(
+            f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+            f"{picture.width}x{picture.height}."
+        )
+    if not mask.any():
+        raise EngineError("the mask is empty: paint over the area to repaint.")
+    return _run(request, (picture, mask), progress, cancelled, cache)
+
+
+def _run(
+    request: GenerateRequest | InpaintRequest,
+    inpainting: tuple[Picture, np.ndarray] | None,
+    progress: Progress,
+    cancelled: CancelCheck,
+    cache: Any,
+) -> DiffusionResult:
     from studio.models import diffusion as models
     from studio.models.cache import ModelCache
 
@@ -218,7 +256,7 @@ def run(
     resolved = models.resolve_model(
         request.model, progress=_scaled(progress, 0.0, LOAD_SHARE * 0.8), cancelled=cancelled
     )
-    task = "inpaint" if isinstance(request, InpaintRequest) else "text2img"
+    task = "inpaint" if inpainting is not None else "text2img"
     models.pipeline_class(resolved.family, task)  # refuses an inpainting model for text2img early
     if request.scheduler == "lcm" and not resolved.family.distilled:
         raise EngineError(
@@ -245,7 +283,7 @@ def run(
             picture, size = _generate(pipe, watcher, request)
             source_type = TRAINED_ALGORITHMIC_MEDIA
         else:
-            picture, size = _inpaint(pipe, watcher, resolved, request)
+            picture, size = _inpaint(pipe, watcher, resolved.family, *inpainting, request)
             source_type = COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA
     facts = RunFacts(
         model_name=resolved.name,
@@ -458,21 +496,22 @@ def work_size(width: int, height: int, native: int) -> tuple[int, int]:
 
 
 def _inpaint(
-    pipe: Any, watcher: _StepWatcher, resolved: Any, request: InpaintRequest
+    pipe: Any,
+    watcher: _StepWatcher,
+    family: Any,
+    picture: Picture,
+    mask: np.ndarray,
+    request: InpaintRequest,
 ) -> tuple[Picture, tuple[int, int]]:
     import cv2
     from PIL import Image
 
     from studio.imaging import to_uint8
 
-    picture = load_picture(request.image_path)
-    mask = load_mask(request.mask_path, (picture.width, picture.height))
-    if not mask.any():
-        raise EngineError("the mask is empty: paint over the area to repaint.")
     weights = feathered(mask, request.mask_blur)
     left, top, right, bottom = crop_box(mask, request.padding, request.only_masked)
     box_w, box_h = right - left, bottom - top
-    native = request.resolution or resolved.family.native
+    native = request.resolution or family.native
     work_w, work_h = work_size(box_w, box_h, native)
 
     pixels = picture.pixels
