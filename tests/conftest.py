@@ -1,10 +1,21 @@
 """Every test runs offscreen, with every user directory in its own temporary folder."""
 
 import os
+import sys
+from unittest import mock
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
+
+
+def pytest_collection_finish(session):
+    """colour-science (a test dependency) puts MagicMocks in sys.modules for optional packages it
+    lacks (matplotlib, scipy, ...); diffusers then fails to import, as `find_spec` needs real
+    module specs. Its own modules keep the mocks they already imported."""
+    for name, module in list(sys.modules.items()):
+        if isinstance(module, mock.Mock):
+            del sys.modules[name]
 
 
 @pytest.fixture(autouse=True)
