@@ -24,6 +24,7 @@ from studio.app.jobs import Job, JobSnapshot
 from studio.app.runs import TOOLS, execute, request_from_entry
 from studio.errors import UserError
 from studio.ui.entry_viewer import EntryViewer
+from studio.ui.generate_tab import GenerateTab
 from studio.ui.grade_tab import GradeTab
 from studio.ui.history_panel import HistoryPanel
 from studio.ui.jobs import JobsWidget, QtJobs
@@ -43,7 +44,10 @@ class MainWindow(QMainWindow):
         self.resize(1400, 880)
         self.jobs = QtJobs(ctx.jobs, self)
         self.notifications = NotificationBar()
-        self.tool_tabs: dict[str, ToolTab] = {"upscale": UpscaleTab(self), "grade": GradeTab(self)}
+        self.tool_tabs: dict[str, ToolTab] = {
+            tab.tool: tab
+            for tab in (GenerateTab(self), UpscaleTab(self), GradeTab(self))
+        }
         self.tabs = QTabWidget()
         for tab in self.tool_tabs.values():
             self.tabs.addTab(tab, tab.title)
@@ -55,7 +59,9 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.history_panel = HistoryPanel(ctx.history)
-        self.history_panel.set_send_targets([tab.title for tab in self.tool_tabs.values()])
+        self.history_panel.set_send_targets(
+            [tab.title for tab in self.tool_tabs.values() if tab.accepts_images]
+        )
         self.history_panel.rerunRequested.connect(self.rerun)
         self.history_panel.sendRequested.connect(self.send_to)
         self.history_dock = QDockWidget("History", self)
