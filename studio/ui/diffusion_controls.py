@@ -61,7 +61,9 @@ class ModelPicker(QWidget):
         self.combo.setEditable(True)
         self.combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         self.combo.setMinimumContentsLength(18)
-        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.combo.lineEdit().setPlaceholderText("Pick a model, or type a repo id")
         self.combo.setToolTip(
             "A recent model, a diffusers folder, a .safetensors / .ckpt checkpoint, or a Hugging "
@@ -84,6 +86,15 @@ class ModelPicker(QWidget):
         layout.addWidget(self.get_models_button)
         self._fill(window.ctx.settings.recent_diffusion_models)
 
+    def showEvent(self, event) -> None:
+        """Follow the model last chosen in the other diffusion tab, and its recent list."""
+        super().showEvent(event)
+        settings = self.window_.ctx.settings
+        if not self.reference and settings.diffusion_model:
+            self.choose(settings.diffusion_model)
+        else:
+            self._fill(settings.recent_diffusion_models)
+
     def _fill(self, recent: tuple[str, ...]) -> None:
         self.combo.clear()
         for reference in recent:
@@ -98,7 +109,8 @@ class ModelPicker(QWidget):
     # -- choosing -------------------------------------------------------------------------
     def choose(self, reference: str, *, adopt_defaults: bool = True) -> None:
         """Use `reference`; its family is read off the GUI thread, then `familyChanged` fires.
-        `adopt_defaults` False keeps the current steps, guidance and scheduler (a stored request)."""
+        `adopt_defaults` False keeps the current steps, guidance and scheduler (a stored
+        request shows what it ran with)."""
         reference = reference.strip()
         self.reference = reference
         self.family = None
@@ -112,7 +124,9 @@ class ModelPicker(QWidget):
             detect_family,
             reference,
             _connect={
-                "returned": lambda found, r=reference, d=adopt_defaults: self._detected(r, found, d),
+                "returned": lambda found, r=reference, d=adopt_defaults: self._detected(
+                    r, found, d
+                ),
                 "errored": lambda exc, r=reference: self._failed(r, exc),
             },
         )

@@ -75,7 +75,9 @@ class DiffusionTab(ToolTab):
         send_row.setContentsMargins(0, 0, 0, 0)
         for title in self.send_targets:
             button = QPushButton(f"To {title}")
-            button.setToolTip(f"Open the result in the {title} tab (its history entry is the parent)")
+            button.setToolTip(
+                f"Open the result in the {title} tab (its history entry is the parent)"
+            )
             button.clicked.connect(lambda _checked=False, t=title: self.send_result(t))
             button.setEnabled(False)
             self.send_buttons[title] = button

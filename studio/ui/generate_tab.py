@@ -119,8 +119,10 @@ class GenerateTab(DiffusionTab):
         self.size_note.setVisible(bool(note))
 
     def _show_matching_preset(self) -> None:
-        index = self.preset_combo.findData((self.width_spin.value(), self.height_spin.value()))
-        self.preset_combo.setCurrentIndex(index)
+        size = (self.width_spin.value(), self.height_spin.value())
+        combo = self.preset_combo
+        matching = [i for i in range(combo.count()) if tuple(combo.itemData(i)) == size]
+        combo.setCurrentIndex(matching[0] if matching else -1)
 
     # -- running --------------------------------------------------------------------------
     def open_image(self, path: Path, parent_id: int | None = None) -> None:

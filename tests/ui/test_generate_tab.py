@@ -80,6 +80,7 @@ def test_the_controls_adapt_to_the_model_family(tab, qtbot, diffusion_models):
     presets = [tab.preset_combo.itemData(i) for i in range(tab.preset_combo.count())]
     assert presets[0] == (64, 64) and all(w * h <= 72 * 72 for w, h in presets)
     assert (tab.width_spin.value(), tab.height_spin.value()) == (64, 64)
+    assert tab.preset_combo.currentText() == "64 × 64"
     assert (tab.controls.steps.value(), tab.controls.guidance.value()) == (25, 7.0)
     assert tab.controls.scheduler.currentData() == "dpmpp_2m_karras"
     assert "lcm" not in scheduler_names(tab)
@@ -164,7 +165,9 @@ def test_several_images_are_separate_entries_with_consecutive_seeds(
     assert not np.array_equal(first, second)
 
 
-def test_cancelling_mid_run_writes_nothing_and_marks_the_entry(window, tab, qtbot, diffusion_models):
+def test_cancelling_mid_run_writes_nothing_and_marks_the_entry(
+    window, tab, qtbot, diffusion_models
+):
     ready(tab, qtbot, diffusion_models["folder"], steps=50)
 
     def cancel_after_first_preview(job):
@@ -213,3 +216,19 @@ def test_a_prompt_longer_than_the_model_reads_shows_a_warning(window, tab, qtbot
     assert job.state == JobState.DONE, job.message
     assert tab.warning.isVisible()
     assert "ignored the rest" in tab.warning.text()
+
+
+def test_the_memory_mode_chosen_in_settings_reaches_the_request(
+    window, tab, qtbot, diffusion_models
+):
+    from studio.ui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog(window.ctx.settings, window)
+    assert "offload" in dialog.diffusion_memory.toolTip()
+    dialog.diffusion_memory.setCurrentText("balanced")
+    dialog.output_format.setCurrentText("webp")
+    window.ctx.update_settings(dialog.settings())
+    ready(tab, qtbot, diffusion_models["folder"])
+    [request] = tab.build_requests()
+    assert (request.memory, request.output_format) == ("balanced", "webp")
+    assert (request.device, request.precision) == ("auto", "auto")
