@@ -23,3 +23,29 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def diffusion_models(tmp_path_factory):
+    """Tiny SD pipelines as a diffusers folder, a 9-channel inpainting folder, and single-file
+    checkpoints whose family configuration sits in a private Hugging Face cache ("hub")."""
+    import tiny_diffusion
+
+    root = tmp_path_factory.mktemp("diffusion-models")
+    hub = root / "hub"
+    tiny_diffusion.install_family_config(hub)
+    tiny_diffusion.install_family_config(hub, inpainting=True)
+    return {
+        "hub": hub,
+        "folder": tiny_diffusion.save_folder(root / "tiny-sd"),
+        "inpaint_folder": tiny_diffusion.save_folder(root / "tiny-sd-inpainting", inpainting=True),
+        "file": tiny_diffusion.save_single_file(root / "tiny-sd.safetensors"),
+        "ckpt": tiny_diffusion.save_single_file(root / "tiny-sd.ckpt", pickle=True),
+    }
+
+
+@pytest.fixture
+def hf_cache(diffusion_models, monkeypatch):
+    """The Hugging Face cache holding the tiny families' configuration; nothing else."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(diffusion_models["hub"]))
+    return diffusion_models["hub"]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny_diffusion
 from PIL import Image
 
 from studio.engines import diffusion
@@ -21,24 +20,9 @@ from studio.models.diffusion import DiffusionModelError, Family, family_of_folde
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="session")
-def models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("diffusion-models")
-    hub = root / "hub"
-    tiny_diffusion.install_family_config(hub)
-    tiny_diffusion.install_family_config(hub, inpainting=True)
-    return {
-        "hub": hub,
-        "folder": tiny_diffusion.save_folder(root / "tiny-sd"),
-        "inpaint_folder": tiny_diffusion.save_folder(root / "tiny-sd-inpainting", inpainting=True),
-        "file": tiny_diffusion.save_single_file(root / "tiny-sd.safetensors"),
-        "ckpt": tiny_diffusion.save_single_file(root / "tiny-sd.ckpt", pickle=True),
-    }
-
-
-@pytest.fixture(autouse=True)
-def offline_hub(models, monkeypatch) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(models["hub"]))
+@pytest.fixture
+def models(diffusion_models, hf_cache) -> dict[str, Path]:
+    return diffusion_models
 
 
 def generate(model: Path | str, **overrides) -> GenerateRequest:
