@@ -1,4 +1,4 @@
-"""Tiny diffusion models for the Generate and Inpaint tab tests, built once per session."""
+"""The main window with the tiny diffusion models, for the Generate and Inpaint tab tests."""
 
 from __future__ import annotations
 
@@ -6,41 +6,26 @@ import shutil
 from pathlib import Path
 
 import pytest
-import tiny_diffusion
 
 from studio.app.context import AppContext
 from studio.ui.main_window import MainWindow
 
 
 @pytest.fixture(scope="session")
-def diffusion_models(tmp_path_factory) -> dict[str, Path]:
+def diffusion_models(diffusion_models, tmp_path_factory) -> dict[str, Path]:
+    """The shared tiny models, plus a copy named like a Turbo model and a folder of no model."""
     root = tmp_path_factory.mktemp("ui-diffusion-models")
-    hub = root / "hub"
-    tiny_diffusion.install_family_config(hub)
-    folder = tiny_diffusion.save_folder(root / "tiny-sd")
     turbo = root / "tiny-sd-turbo"
-    shutil.copytree(folder, turbo)  # the same weights: the name says it is distilled
+    shutil.copytree(diffusion_models["folder"], turbo)  # same weights: the name says distilled
     not_a_model = root / "holiday-photos"
     not_a_model.mkdir()
     (not_a_model / "beach.txt").write_text("not a model")
-    return {
-        "hub": hub,
-        "folder": folder,
-        "turbo": turbo,
-        "inpaint_folder": tiny_diffusion.save_folder(root / "tiny-sd-inpainting", inpainting=True),
-        "not_a_model": not_a_model,
-    }
+    return {**diffusion_models, "turbo": turbo, "not_a_model": not_a_model}
 
 
 @pytest.fixture
-def offline_hub(diffusion_models, monkeypatch) -> None:
-    """Single files find their family's configuration in this cache; nothing is downloaded."""
-    monkeypatch.setenv("HF_HUB_CACHE", str(diffusion_models["hub"]))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture
-def diffusion_window(qtbot, offline_hub, one_torch_thread):
+def diffusion_window(qtbot, hf_cache, monkeypatch, one_torch_thread):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
     window = MainWindow(AppContext.open())
     qtbot.addWidget(window)
     window.show()

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from PySide6.QtCore import Qt
 
 from studio.app.jobs import JobState
 from studio.engines.diffusion import SCHEDULER_TITLES
@@ -232,3 +233,26 @@ def test_the_memory_mode_chosen_in_settings_reaches_the_request(
     [request] = tab.build_requests()
     assert (request.memory, request.output_format) == ("balanced", "webp")
     assert (request.device, request.precision) == ("auto", "auto")
+
+
+def test_a_single_file_checkpoint_is_read_without_loading_or_downloading(
+    tab, qtbot, diffusion_models, tmp_path, monkeypatch
+):
+    choose_model(tab, qtbot, diffusion_models["file"])
+    assert "SD 1.x · native 64 px" in tab.controls.picker.info.text()
+    # without its family's configuration in the cache: told, guessed from the tensors, no download
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    choose_model(tab, qtbot, diffusion_models["ckpt"])
+    assert "SD 1.x" in tab.controls.picker.info.text()
+    assert "download on the first run" in tab.controls.picker.info.text()
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
+
+
+def test_a_repo_id_is_not_downloaded_by_the_picker(window, tab, qtbot):
+    line = tab.controls.picker.combo.lineEdit()
+    line.clear()
+    qtbot.keyClicks(line, "stabilityai/sd-turbo")
+    qtbot.keyClick(line, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: "not downloaded yet" in tab.controls.picker.info.text(), timeout=30_000)
+    assert tab.controls.family is None
+    assert window.ctx.settings.diffusion_model == "stabilityai/sd-turbo"
