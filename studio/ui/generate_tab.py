@@ -40,6 +40,7 @@ class GenerateTab(DiffusionTab):
 
     def __init__(self, window) -> None:
         super().__init__(window)
+        self.result_path: Path | None = None
         self._build()
         self.controls.familyChanged.connect(self._family_changed)
         self._set_presets(DEFAULT_PRESETS)
@@ -185,8 +186,13 @@ class GenerateTab(DiffusionTab):
 
     def show_result(self, entry: Any) -> None:
         if entry.outputs:
+            self.result_path = entry.outputs[0].path
             self.view.set_before(None)
-            self.view.set_image(load_qimage(entry.outputs[0].path), keep_view=True)
+            self.view.set_image(load_qimage(self.result_path), keep_view=True)
+
+    def restore_input(self) -> None:
+        """A cancelled or failed run's partial preview goes; the last finished image returns."""
+        self.view.set_image(load_qimage(self.result_path) if self.result_path else None)
 
 
 def _side_spin() -> QSpinBox:
