@@ -27,6 +27,7 @@ from studio.ui.entry_viewer import EntryViewer
 from studio.ui.generate_tab import GenerateTab
 from studio.ui.grade_tab import GradeTab
 from studio.ui.history_panel import HistoryPanel
+from studio.ui.inpaint_tab import InpaintTab
 from studio.ui.jobs import JobsWidget, QtJobs
 from studio.ui.notifications import NotificationBar
 from studio.ui.settings_dialog import SettingsDialog
@@ -46,7 +47,7 @@ class MainWindow(QMainWindow):
         self.notifications = NotificationBar()
         self.tool_tabs: dict[str, ToolTab] = {
             tab.tool: tab
-            for tab in (GenerateTab(self), UpscaleTab(self), GradeTab(self))
+            for tab in (GenerateTab(self), InpaintTab(self), UpscaleTab(self), GradeTab(self))
         }
         self.tabs = QTabWidget()
         for tab in self.tool_tabs.values():

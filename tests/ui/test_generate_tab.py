@@ -65,6 +65,18 @@ def test_generate_is_the_first_tab_and_inpaint_upscale_grade_follow(window):
     assert window.tabs.currentWidget() is window.tool_tabs["generate"]
 
 
+def test_an_image_opened_on_generate_goes_to_inpaint_and_history_sends_skip_generate(
+    window, tab, tmp_path
+):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(photo)
+    tab.open_image(photo)
+    assert window.tabs.currentWidget() is window.tool_tabs["inpaint"]
+    assert window.tool_tabs["inpaint"].input_path == photo
+    targets = [action.text() for action in window.history_panel.send_menu.actions()]
+    assert targets == ["Inpaint", "Upscale", "Grade"]
+
+
 def test_without_a_model_the_tab_says_what_to_do_instead_of_failing(window, tab):
     assert "No model yet" in tab.controls.picker.info.text()
     assert "repo id" in tab.controls.picker.info.text()
@@ -183,6 +195,7 @@ def test_cancelling_mid_run_writes_nothing_and_marks_the_entry(
     outputs = window.ctx.dirs.data / "outputs"
     assert not [p for p in outputs.rglob("*") if p.is_file()]
     assert "no output" in tab.status.text()
+    assert tab.view.image() is None  # the partial preview is not left on show
 
 
 def test_rerun_from_history_gives_identical_pixels(window, tab, qtbot, diffusion_models):
@@ -256,3 +269,13 @@ def test_a_repo_id_is_not_downloaded_by_the_picker(window, tab, qtbot):
     qtbot.waitUntil(lambda: "not downloaded yet" in tab.controls.picker.info.text(), timeout=30_000)
     assert tab.controls.family is None
     assert window.ctx.settings.diffusion_model == "stabilityai/sd-turbo"
+
+
+def test_ctrl_return_while_typing_the_prompt_generates(window, tab, qtbot, diffusion_models):
+    ready(tab, qtbot, diffusion_models["folder"], steps=1)
+    tab.controls.prompt.setFocus()
+    qtbot.waitUntil(tab.controls.prompt.hasFocus)
+    with qtbot.waitSignal(window.jobs.finished, timeout=120_000) as blocker:
+        qtbot.keyClick(tab.controls.prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert blocker.args[0].state == JobState.DONE
+    assert tab.controls.prompt.toPlainText() == "a red cat"  # no line break was typed
