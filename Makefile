@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench screenshot clean
+.PHONY: run test lint bench bench-diffusion screenshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) bench/upscale.py
+
+bench-diffusion: $(STAMP)
+	$(PY) bench/diffusion.py
 
 # The Generate and Inpaint shots use the tests' tiny random-weight pipeline (no download).
 TINY_SD := $(or $(TMPDIR),/tmp)/studio-screenshot-tiny-sd

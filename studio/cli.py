@@ -10,6 +10,10 @@
     studio history list [--json] [--state approved|rejected|pending] [--tool T] [--limit N]
     studio history review ID (--approve | --reject | --pending) [--rating N] [--note TEXT]
     studio history export --approved DIR
+    studio models list [--json] [--tool upscale|restore|diffusion]
+    studio models download NAME
+    studio models import PATH [--copy] [--tool T]
+    studio models remove NAME
 
 Failures exit non-zero with a one-line reason; the full trace goes to the log file.
 """
@@ -36,6 +40,7 @@ from studio.app.settings import DEVICES, OUTPUT_FORMATS, PRECISIONS
 from studio.engines.base import Cancelled
 from studio.errors import UserError
 from studio.files import copy_atomically
+from studio.models.library import LIBRARY_TOOLS, ModelItem, ModelLibrary, human_size, item_summary
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -204,6 +209,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy approved outputs plus audit.json and audit.csv here",
     )
     export.set_defaults(handler=cmd_history_export)
+    models = commands.add_parser("models", help="list, download, import and remove models")
+    model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    mls = model_commands.add_parser("list", help="installed and available models per tool")
+    mls.add_argument("--json", action="store_true", help="one JSON object per line")
+    mls.add_argument("--tool", choices=LIBRARY_TOOLS)
+    mls.set_defaults(handler=cmd_models_list)
+    fetch = model_commands.add_parser("download", help="download a catalogue model")
+    fetch.add_argument("name")
+    fetch.set_defaults(handler=cmd_models_download)
+    imp = model_commands.add_parser("import", help="add a model file or diffusers folder")
+    imp.add_argument("path", type=Path)
+    imp.add_argument(
+        "--copy",
+        action="store_true",
+        help="copy it into Studio's models folder (default: use it where it is)",
+    )
+    imp.add_argument("--tool", choices=LIBRARY_TOOLS, help="refuse the file unless it is for T")
+    imp.set_defaults(handler=cmd_models_import)
+    rm = model_commands.add_parser("remove", help="remove a model and the files Studio keeps")
+    rm.add_argument("name")
+    rm.set_defaults(handler=cmd_models_remove)
     return parser
 
 
@@ -519,6 +545,88 @@ def cmd_history_export(ctx: AppContext, args: argparse.Namespace) -> int:
         f"exported {len(report.files)} files of {len(report.entry_ids)} approved entries "
         f"to {report.dest_dir} (with {report.audit_json.name} and {report.audit_csv.name})"
     )
+    return 0
+
+
+def cmd_models_list(ctx: AppContext, args: argparse.Namespace) -> int:
+    library = ModelLibrary(ctx.dirs)
+    items = library.items(args.tool)
+    if args.json:
+        for item in items:
+            print(json.dumps(item_summary(item), sort_keys=True))
+        return 0
+    for tool in LIBRARY_TOOLS:
+        rows = [item for item in items if item.tool == tool]
+        if rows:
+            print(f"{tool}:")
+            for item in rows:
+                print("  " + model_line(item))
+    print(f"disk use of installed models: {human_size(library.disk_use(args.tool))}")
+    return 0
+
+
+def model_line(item: ModelItem) -> str:
+    state = "installed" if item.installed else "available"
+    size = human_size(item.size_bytes)
+    size = f"~{size}" if not item.installed and item.kind == "hf_repo" else size
+    licence = item.licence or "licence unknown"
+    if item.non_commercial:
+        licence = f"NON-COMMERCIAL: {licence}"
+    return f"{item.name:<30} {state:<10} {item.origin:<9} {size:>9}  {item.family} · {licence}"
+
+
+def cmd_models_download(ctx: AppContext, args: argparse.Namespace) -> int:
+    library = ModelLibrary(ctx.dirs)
+    item = library.find(args.name)
+    if not item.installed:
+        size = human_size(library.download_size(item.name))
+        print(f"{item.name}: {item.family}, {size} to download", file=sys.stderr)
+        print(f"licence: {item.licence or 'unknown'}", file=sys.stderr)
+        if item.non_commercial:
+            print("note: this licence does not allow commercial use", file=sys.stderr)
+    with cancel_on_interrupt() as cancel:
+        bar = ProgressBar(f"download {item.name}", sys.stderr)
+        try:
+            item = library.download(item.name, progress=bar, cancelled=cancel.is_set)
+        except Cancelled:
+            bar.close("cancelled")
+            return EXIT_CANCELLED
+        except Exception:
+            bar.close("failed")
+            raise
+    bar.close(f"-> {item.path} ({human_size(item.size_bytes)})")
+    return 0
+
+
+def cmd_models_import(ctx: AppContext, args: argparse.Namespace) -> int:
+    library = ModelLibrary(ctx.dirs)
+    with cancel_on_interrupt() as cancel:
+        bar = ProgressBar(f"import {args.path.name}", sys.stderr)
+        try:
+            item = library.import_path(
+                args.path, copy=args.copy, tool=args.tool, progress=bar, cancelled=cancel.is_set
+            )
+        except Cancelled:
+            bar.close("cancelled")
+            return EXIT_CANCELLED
+        except Exception:
+            bar.close("failed")
+            raise
+    where = "copied to" if args.copy else "used in place at"
+    bar.close(f"{item.name}: {item.family} for {item.tool}, {where} {item.path}")
+    return 0
+
+
+def cmd_models_remove(ctx: AppContext, args: argparse.Namespace) -> int:
+    library = ModelLibrary(ctx.dirs)
+    item = library.find(args.name)
+    freed = library.remove(item.name)
+    if item.in_place:
+        print(f"removed {item.name} from the library; {item.path} was left where it is")
+    elif item.kind == "hf_repo":
+        print(f"removed {item.name} from the Hugging Face cache ({human_size(freed)} freed)")
+    else:
+        print(f"removed {item.name} ({human_size(freed)} freed)")
     return 0
 
 

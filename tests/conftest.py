@@ -41,6 +41,7 @@ def diffusion_models(tmp_path_factory):
         "inpaint_folder": tiny_diffusion.save_folder(root / "tiny-sd-inpainting", inpainting=True),
         "file": tiny_diffusion.save_single_file(root / "tiny-sd.safetensors"),
         "ckpt": tiny_diffusion.save_single_file(root / "tiny-sd.ckpt", pickle=True),
+        "xl_folder": tiny_diffusion.save_folder(root / "tiny-sdxl", xl=True),
     }
 
 

@@ -64,6 +64,69 @@ def test_every_scheduler_runs_and_is_reproducible(models):
         assert np.isfinite(first).all()
 
 
+def test_sdxl_models_generate_and_inpaint(models, tmp_path):
+    """The SDXL family: two text encoders, its own pipelines and preview factors."""
+    xl = models["xl_folder"]
+    assert family_of_folder(xl).name == "sdxl"
+    cache = ModelCache()
+    first = diffusion.run(generate(xl, scheduler="dpmpp_2m_karras"), cache=cache)
+    again = diffusion.run(generate(xl, scheduler="dpmpp_2m_karras"), cache=cache)
+    assert first.facts.extra["family"] == "SDXL"
+    assert np.array_equal(pixels_of(first), pixels_of(again))
+    image = photo(tmp_path / "photo.png", 96, 64)
+    mask = mask_file(tmp_path / "mask.png", 96, 64, (40, 20, 60, 40))
+    result = diffusion.run(inpaint(image, mask, xl, strength=0.9), cache=cache)
+    outside = np.ones((64, 96), bool)
+    outside[20:40, 40:60] = False
+    assert np.array_equal(pixels_of(result)[outside], load_picture(image).pixels[outside])
+    assert len(cache) == 1
+
+
+def test_memory_savers_follow_the_setting_and_free_memory():
+    from studio.models.diffusion import choose_memory_mode
+
+    gib = 1024**3
+    assert choose_memory_mode("auto", "cpu", 0, 4 * gib) == "off"
+    assert choose_memory_mode("auto", "cuda", 24 * gib, 4 * gib) == "off"
+    assert choose_memory_mode("auto", "cuda", 6 * gib, 4 * gib) == "balanced"
+    assert choose_memory_mode("auto", "cuda", 3 * gib, 4 * gib) == "low"
+    assert choose_memory_mode("auto", "mps", 0, 4 * gib) == "balanced"
+    assert choose_memory_mode("low", "cpu", 0, 4 * gib) == "balanced"  # nowhere to offload to
+    assert choose_memory_mode("off", "cuda", 1, 4 * gib) == "off"
+    with pytest.raises(DiffusionModelError, match="unknown memory mode"):
+        choose_memory_mode("tiny", "cuda", 0, 0)
+
+
+def test_balanced_memory_mode_runs_and_is_recorded(models):
+    plain = diffusion.run(generate(models["folder"]), cache=ModelCache())
+    saving = diffusion.run(generate(models["folder"], memory="balanced"), cache=ModelCache())
+    assert saving.facts.extra["memory"] == "balanced"
+    assert np.abs(pixels_of(plain) - pixels_of(saving)).max() <= 2 / 255
+
+
+def test_rerun_from_the_history_gives_identical_pixels(models, tmp_path):
+    from studio.app.context import AppContext
+    from studio.app.runs import execute, request_from_entry
+
+    ctx = AppContext.open()
+    try:
+        image = photo(tmp_path / "photo.png", 80, 64)
+        mask = mask_file(tmp_path / "mask.png", 80, 64, (20, 20, 40, 40))
+        for request in (generate(models["folder"]), inpaint(image, mask, models["folder"])):
+            entry = execute(ctx, request, progress=lambda *a: None, cancelled=lambda: False)
+            if request.tool == "inpaint":
+                image.unlink()  # re-run reads the history's copies of the inputs
+            rerun = execute(
+                ctx, request_from_entry(entry), progress=lambda *a: None, cancelled=lambda: False
+            )
+            first = np.asarray(Image.open(entry.outputs[0].path))
+            second = np.asarray(Image.open(rerun.outputs[0].path))
+            assert np.array_equal(first, second), request.tool
+            assert Image.open(entry.outputs[0].path).text["parameters"].startswith("a ")
+    finally:
+        ctx.close()
+
+
 def test_every_step_reports_progress_with_a_preview(models):
     seen = []
     diffusion.run(
@@ -317,3 +380,45 @@ def test_moved_model_folder_is_a_clear_error(models, tmp_path):
     (moved / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
     with pytest.raises(DiffusionModelError, match="could not be loaded"):
         diffusion.run(generate(moved), cache=ModelCache())
+
+
+def test_distilled_models_sample_trailing_timesteps(models, tmp_path):
+    turbo = tmp_path / "tiny-sd-turbo"
+    shutil.copytree(models["folder"], turbo)
+    result = diffusion.run(generate(turbo, steps=1, guidance=0.0), cache=ModelCache())
+    assert result.facts.extra["family"] == "SD 1.x Turbo"
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(models["folder"])
+    for name in ("euler", "euler_a", "lcm"):
+        spacing = diffusion._scheduler(pipe, name, family_of_folder(turbo)).config.timestep_spacing
+        assert spacing == "trailing", name
+    base = diffusion._scheduler(pipe, "euler", family_of_folder(models["folder"]))
+    assert base.config.timestep_spacing == pipe.scheduler.config.timestep_spacing
+
+
+def test_an_old_format_ckpt_is_read_too(models, tmp_path):
+    import torch
+
+    legacy = tmp_path / "legacy.ckpt"
+    state = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3)}
+    torch.save({"state_dict": state}, legacy, _use_new_zipfile_serialization=False)
+    from studio.models.diffusion import checkpoint_layout
+
+    layout = checkpoint_layout(legacy)
+    assert layout["model.diffusion_model.input_blocks.0.0.weight"].shape == (32, 4, 3, 3)
+
+
+def test_pictures_in_memory_can_be_inpainted(models, tmp_path):
+    """What the Restore tab uses to fill detected damage with an installed diffusion model."""
+    image = photo(tmp_path / "photo.png", 96, 64)
+    mask_path = mask_file(tmp_path / "mask.png", 96, 64, (10, 10, 30, 20))
+    request = inpaint(image, mask_path, models["inpaint_folder"])
+    from_files = diffusion.run(request, cache=ModelCache())
+    picture = load_picture(image)
+    mask = np.zeros((64, 96), bool)
+    mask[10:20, 10:30] = True
+    in_memory = diffusion.inpaint_picture(picture, mask, request, cache=ModelCache())
+    assert np.array_equal(pixels_of(from_files), pixels_of(in_memory))
+    with pytest.raises(EngineError, match="mask is 10x10 but the image is 96x64"):
+        diffusion.inpaint_picture(picture, np.ones((10, 10), bool), request)

@@ -146,8 +146,87 @@ def make_pipeline(*, inpainting: bool = False, seed: int = 0):
     )
 
 
-def save_folder(folder: Path, *, inpainting: bool = False, seed: int = 0) -> Path:
-    pipe = make_pipeline(inpainting=inpainting, seed=seed)
+def make_sdxl_pipeline(*, inpainting: bool = False, seed: int = 0):
+    """A tiny SDXL pipeline: two text encoders, the text-time embedding, linear projections."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLInpaintPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=LAYERS_PER_BLOCK,
+        sample_size=32,
+        in_channels=9 if inpainting else 4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + TEXT_HIDDEN,
+        cross_attention_dim=2 * TEXT_HIDDEN,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=64,
+    )
+    config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        pad_token_id=1,
+        vocab_size=1000,
+        hidden_act="gelu",
+        projection_dim=TEXT_HIDDEN,
+        max_position_embeddings=TOKENIZER_MAX_LENGTH,
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer(Path(tmp))
+        vocab, merges = str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt")
+        tokenizer = CLIPTokenizer(vocab, merges, model_max_length=TOKENIZER_MAX_LENGTH)
+        tokenizer_2 = CLIPTokenizer(vocab, merges, model_max_length=TOKENIZER_MAX_LENGTH)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    cls = StableDiffusionXLInpaintPipeline if inpainting else StableDiffusionXLPipeline
+    return cls(
+        vae=vae,
+        text_encoder=CLIPTextModel(config),
+        text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
+def save_folder(folder: Path, *, inpainting: bool = False, seed: int = 0, xl: bool = False) -> Path:
+    make = make_sdxl_pipeline if xl else make_pipeline
+    pipe = make(inpainting=inpainting, seed=seed)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 

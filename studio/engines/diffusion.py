@@ -209,6 +209,44 @@ def run(
     cancelled: CancelCheck = never_cancelled,
     cache: Any = None,
 ) -> DiffusionResult:
+    if isinstance(request, InpaintRequest):
+        picture = load_picture(request.image_path)
+        mask = load_mask(request.mask_path, (picture.width, picture.height))
+        return inpaint_picture(
+            picture, mask, request, progress=progress, cancelled=cancelled, cache=cache
+        )
+    return _run(request, None, progress, cancelled, cache)
+
+
+def inpaint_picture(
+    picture: Picture,
+    mask: np.ndarray,
+    request: InpaintRequest,
+    *,
+    progress: Progress = no_progress,
+    cancelled: CancelCheck = never_cancelled,
+    cache: Any = None,
+) -> DiffusionResult:
+    """Repaint `mask` (bool, True = repaint) of a picture already in memory, with the model and
+    settings of `request`, whose image and mask paths are not read: the Restore tab fills the
+    damage it detected this way when a diffusion model is installed."""
+    if mask.shape != (picture.height, picture.width):
+        raise EngineError(
+            f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+            f"{picture.width}x{picture.height}."
+        )
+    if not mask.any():
+        raise EngineError("the mask is empty: paint over the area to repaint.")
+    return _run(request, (picture, mask), progress, cancelled, cache)
+
+
+def _run(
+    request: GenerateRequest | InpaintRequest,
+    inpainting: tuple[Picture, np.ndarray] | None,
+    progress: Progress,
+    cancelled: CancelCheck,
+    cache: Any,
+) -> DiffusionResult:
     from studio.models import diffusion as models
     from studio.models.cache import ModelCache
 
@@ -216,9 +254,9 @@ def run(
     started = time.perf_counter()
     progress(0.0, "Finding the model")
     resolved = models.resolve_model(
-        request.model, progress=_scaled(progress, 0.0, LOAD_SHARE), cancelled=cancelled
+        request.model, progress=_scaled(progress, 0.0, LOAD_SHARE * 0.8), cancelled=cancelled
     )
-    task = "inpaint" if isinstance(request, InpaintRequest) else "text2img"
+    task = "inpaint" if inpainting is not None else "text2img"
     models.pipeline_class(resolved.family, task)  # refuses an inpainting model for text2img early
     if request.scheduler == "lcm" and not resolved.family.distilled:
         raise EngineError(
@@ -229,20 +267,23 @@ def run(
     sha256 = models.model_sha256(resolved)
     if cancelled():
         raise Cancelled
-    progress(LOAD_SHARE / 2, f"Loading {resolved.name}")
+    progress(LOAD_SHARE * 0.8, f"Loading {resolved.name}")
     with models.use_pipeline(resolved, device, dtype, request.memory, cache, sha256) as (
         base,
         mode,
     ):
-        pipe = models.for_task(base, resolved.family, task, _scheduler(base, request.scheduler))
+        pipe = models.for_task(
+            base, resolved.family, task, _scheduler(base, request.scheduler, resolved.family)
+        )
         warnings = _prompt_warnings(pipe, request)
         for warning in warnings:
             progress(LOAD_SHARE, warning)
+        watcher = _StepWatcher(resolved.family, progress, cancelled)
         if task == "text2img":
-            picture, size = _generate(pipe, resolved.family, request, progress, cancelled)
+            picture, size = _generate(pipe, watcher, request)
             source_type = TRAINED_ALGORITHMIC_MEDIA
         else:
-            picture, size = _inpaint(pipe, resolved, request, progress, cancelled)
+            picture, size = _inpaint(pipe, watcher, resolved.family, *inpainting, request)
             source_type = COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA
     facts = RunFacts(
         model_name=resolved.name,
@@ -255,6 +296,7 @@ def run(
             "memory": mode,
             "warnings": warnings,
             "seconds": round(time.perf_counter() - started, 3),
+            "preview_seconds": round(watcher.preview_seconds, 5),
         },
     )
     parameters = a1111_parameters(request, resolved.name, sha256, size)
@@ -276,7 +318,10 @@ def _device_and_dtype(request: Any) -> tuple[Any, Any]:
     return device, choice.dtype
 
 
-def _scheduler(pipe: Any, name: str) -> Any:
+def _scheduler(pipe: Any, name: str, family: Any) -> Any:
+    """The named scheduler, configured from the model's own. Distilled models (Turbo, Lightning,
+    LCM) sample the last timesteps ("trailing"), as their authors run them: a single-file
+    checkpoint borrows its family's base configuration, which spaces them for 25+ steps."""
     import diffusers
 
     classes = {
@@ -292,6 +337,8 @@ def _scheduler(pipe: Any, name: str) -> Any:
         "lcm": (diffusers.LCMScheduler, {}),
     }
     cls, options = classes[name]
+    if family.distilled:
+        options = {**options, "timestep_spacing": "trailing"}
     return cls.from_config(pipe.scheduler.config, **options)
 
 
@@ -371,9 +418,8 @@ def _call(pipe: Any, watcher: _StepWatcher, **kwargs: Any) -> np.ndarray:
 
 
 def _generate(
-    pipe: Any, family: Any, request: GenerateRequest, progress: Progress, cancelled: CancelCheck
+    pipe: Any, watcher: _StepWatcher, request: GenerateRequest
 ) -> tuple[Picture, tuple[int, int]]:
-    watcher = _StepWatcher(family, progress, cancelled)
     pixels = _call(
         pipe,
         watcher,
@@ -450,21 +496,22 @@ def work_size(width: int, height: int, native: int) -> tuple[int, int]:
 
 
 def _inpaint(
-    pipe: Any, resolved: Any, request: InpaintRequest, progress: Progress, cancelled: CancelCheck
+    pipe: Any,
+    watcher: _StepWatcher,
+    family: Any,
+    picture: Picture,
+    mask: np.ndarray,
+    request: InpaintRequest,
 ) -> tuple[Picture, tuple[int, int]]:
     import cv2
     from PIL import Image
 
     from studio.imaging import to_uint8
 
-    picture = load_picture(request.image_path)
-    mask = load_mask(request.mask_path, (picture.width, picture.height))
-    if not mask.any():
-        raise EngineError("the mask is empty: paint over the area to repaint.")
     weights = feathered(mask, request.mask_blur)
     left, top, right, bottom = crop_box(mask, request.padding, request.only_masked)
     box_w, box_h = right - left, bottom - top
-    native = request.resolution or resolved.family.native
+    native = request.resolution or family.native
     work_w, work_h = work_size(box_w, box_h, native)
 
     pixels = picture.pixels
@@ -475,7 +522,6 @@ def _inpaint(
     work_mask = cv2.resize(crop_mask, (work_w, work_h), interpolation=cv2.INTER_AREA) > 0
     mask_image = Image.fromarray(work_mask.astype(np.uint8) * 255, mode="L")
 
-    watcher = _StepWatcher(resolved.family, progress, cancelled)
     generated = _call(
         pipe,
         watcher,

@@ -78,16 +78,6 @@ def resolve_source(reference: str) -> ModelSource:
     raise DiffusionModelError(f"{text} does not exist (and is not a Hugging Face repo id).")
 
 
-def hub_cache_dir() -> Path:
-    """The standard Hugging Face cache, read from the environment now (tests and users move it)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
-    )
-    return Path(home) / "hub"
-
-
 # --- families -------------------------------------------------------------------------------------
 
 # Latent-to-RGB approximations (ComfyUI's latent_formats): a preview for each step costs one 4x3
@@ -251,7 +241,12 @@ def checkpoint_layout(path: Path) -> dict[str, Any]:
                     key: torch.empty(handle.get_slice(key).get_shape(), device="meta")
                     for key in handle.keys()  # noqa: SIM118 (safe_open is not a dict)
                 }
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # the pre-2020 (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DiffusionModelError(
             f"{path.name} cannot be read as a checkpoint ({type(exc).__name__}: {exc}). It may be "
@@ -329,25 +324,27 @@ def resolve_model(
 
 
 def _repo_snapshot(repo_id: str, *, progress: Progress, cancelled: CancelCheck) -> Path:
+    """The repo's complete snapshot in the Hugging Face cache, downloaded on first use."""
     from studio.models import hub
 
-    patterns = hub.diffusers_patterns()
-    cached = cached_snapshot(repo_id, patterns)
-    if cached is not None and _unet_weights(cached):
+    cached = hub.cached_repo(repo_id)
+    if cached is not None:
         return cached
-    return hub.fetch_repo(repo_id, allow_patterns=patterns, progress=progress, cancelled=cancelled)
+    return hub.fetch_repo(repo_id, progress=progress, cancelled=cancelled)
+
+
+CONFIG_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt"]
 
 
 def _family_config(repo_id: str, *, progress: Progress, cancelled: CancelCheck) -> Path:
-    patterns = ["*.json", "**/*.json", "*.txt", "**/*.txt"]
-    cached = cached_snapshot(repo_id, patterns)
-    if cached is not None and (cached / "model_index.json").is_file():
-        return cached
     from studio.models import hub
 
+    cached = _cached_config(repo_id)
+    if cached is not None:
+        return cached
     try:
         return hub.fetch_repo(
-            repo_id, allow_patterns=patterns, progress=progress, cancelled=cancelled
+            repo_id, allow_patterns=CONFIG_PATTERNS, progress=progress, cancelled=cancelled
         )
     except UserError as exc:
         raise DiffusionModelError(
@@ -357,17 +354,24 @@ def _family_config(repo_id: str, *, progress: Progress, cancelled: CancelCheck) 
         ) from exc
 
 
-def cached_snapshot(repo_id: str, patterns: list[str]) -> Path | None:
-    """The repo's snapshot folder in the Hugging Face cache, without touching the network."""
+def _cached_config(repo_id: str) -> Path | None:
+    """The family's configuration in the Hugging Face cache (with or without its weights)."""
     from huggingface_hub import snapshot_download
 
+    from studio.models.hub import hub_cache_dir
+
     try:
-        folder = snapshot_download(
-            repo_id, allow_patterns=patterns, cache_dir=str(hub_cache_dir()), local_files_only=True
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=CONFIG_PATTERNS,
+                cache_dir=str(hub_cache_dir()),
+                local_files_only=True,
+            )
         )
     except Exception:  # not cached (LocalEntryNotFoundError), or a damaged cache entry
         return None
-    return Path(folder)
+    return folder if (folder / "model_index.json").is_file() else None
 
 
 def _unet_weights(folder: Path) -> list[Path]:
@@ -438,11 +442,9 @@ def load_pipeline(model: ResolvedModel, device: Any, dtype: Any) -> Any:
                 **options,
             )
         else:
-            variant = (
-                "fp16"
-                if _has_fp16_variant(model.folder) and str(dtype).endswith("float16")
-                else None
-            )
+            from studio.models.hub import weights_variant
+
+            variant = weights_variant(model.folder)  # downloads keep fp16 copies only; CPU upcasts
             pipe = cls.from_pretrained(
                 str(model.folder), variant=variant, local_files_only=True, **options
             )
@@ -460,34 +462,41 @@ def load_pipeline(model: ResolvedModel, device: Any, dtype: Any) -> Any:
     return pipe
 
 
-def _has_fp16_variant(folder: Path) -> bool:
-    return any((folder / "unet").glob("*.fp16.safetensors"))
+def choose_memory_mode(mode: str, device_type: str, free_bytes: int, needed_bytes: int) -> str:
+    """The memory savers a run uses, from the setting and what the device has free.
 
-
-def apply_memory_mode(pipe: Any, device: Any, mode: str, *, needed_bytes: int) -> str:
-    """Place the pipeline on `device`, saving memory as `mode` asks; return the mode applied.
-
-    `auto` turns on attention slicing and VAE tiling when free GPU memory is under twice what the
-    weights need, and model CPU offload when it is under the weights themselves.
+    `auto`: on a GPU, attention slicing and VAE tiling ("balanced") when free memory is under twice
+    what the weights need, plus model CPU offload ("low") when it is under the weights themselves;
+    "balanced" on Apple MPS (unified memory, shared with the system); nothing on the CPU. The CPU
+    has nowhere to offload to, so "low" there is "balanced".
     """
-    from studio.models.device import free_memory_bytes
-
     if mode not in MEMORY_MODES:
         raise DiffusionModelError(
             f"unknown memory mode {mode!r}; choose one of {', '.join(MEMORY_MODES)}."
         )
-    applied = mode
     if mode == "auto":
-        applied = "off"
-        if device.type == "cuda":
-            free = free_memory_bytes(device)
-            applied = (
-                "low" if free < needed_bytes else "balanced" if free < 2 * needed_bytes else "off"
-            )
+        if device_type == "mps":
+            return "balanced"
+        if device_type != "cuda":
+            return "off"
+        if free_bytes < needed_bytes:
+            return "low"
+        return "balanced" if free_bytes < 2 * needed_bytes else "off"
+    if mode == "low" and device_type == "cpu":
+        return "balanced"
+    return mode
+
+
+def apply_memory_mode(pipe: Any, device: Any, mode: str, *, needed_bytes: int) -> str:
+    """Place the pipeline on `device` with the memory savers `choose_memory_mode` picks."""
+    from studio.models.device import free_memory_bytes
+
+    free = free_memory_bytes(device) if device.type == "cuda" else 0
+    applied = choose_memory_mode(mode, device.type, free, needed_bytes)
     if applied in ("balanced", "low"):
         pipe.enable_attention_slicing()
         pipe.vae.enable_tiling()
-    if applied == "low" and device.type != "cpu":
+    if applied == "low":
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
@@ -495,10 +504,16 @@ def apply_memory_mode(pipe: Any, device: Any, mode: str, *, needed_bytes: int) -
 
 
 def for_task(base: Any, family: Family, task: str, scheduler: Any) -> Any:
-    """A new pipeline for `task` sharing the cached one's modules: nothing is loaded twice, and the
-    run's scheduler does not leak into the cached pipeline."""
-    pipe = pipeline_class(family, task).from_pipe(base, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
+    """The pipeline for `task`, sharing the cached one's modules (nothing is loaded twice), with
+    the run's scheduler; the cached pipeline's own scheduler is left alone. Derived pipelines are
+    kept with the cached one: deriving costs more than a tiny model's step."""
+    tasks = base.__dict__.setdefault("_studio_tasks", {})
+    pipe = tasks.get(task)
+    if pipe is None:
+        pipe = pipeline_class(family, task).from_pipe(base)
+        pipe.set_progress_bar_config(disable=True)
+        tasks[task] = pipe
+    pipe.scheduler = scheduler
     return pipe
 
 

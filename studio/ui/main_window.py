@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QThreadPool
+from PySide6.QtCore import Qt, QThreadPool, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
@@ -23,12 +23,14 @@ from studio.app.context import AppContext
 from studio.app.jobs import Job, JobSnapshot
 from studio.app.runs import TOOLS, execute, request_from_entry
 from studio.errors import UserError
+from studio.models.library import ModelLibrary
 from studio.ui.entry_viewer import EntryViewer
 from studio.ui.generate_tab import GenerateTab
 from studio.ui.grade_tab import GradeTab
 from studio.ui.history_panel import HistoryPanel
 from studio.ui.inpaint_tab import InpaintTab
 from studio.ui.jobs import JobsWidget, QtJobs
+from studio.ui.models_dialog import ModelsDialog
 from studio.ui.notifications import NotificationBar
 from studio.ui.settings_dialog import SettingsDialog
 from studio.ui.tool_tab import IMAGE_SUFFIXES, ToolTab
@@ -38,9 +40,14 @@ log = logging.getLogger(__name__)
 
 
 class MainWindow(QMainWindow):
+    # A model was downloaded, imported or removed: tabs refresh their model pickers.
+    modelsChanged = Signal()
+
     def __init__(self, ctx: AppContext) -> None:
         super().__init__()
         self.ctx = ctx
+        self.models = ModelLibrary(ctx.dirs)
+        self.models_dialog: ModelsDialog | None = None
         self.setWindowTitle("Studio")
         self.resize(1400, 880)
         self.jobs = QtJobs(ctx.jobs, self)
@@ -85,6 +92,9 @@ class MainWindow(QMainWindow):
         file_menu = self.menuBar().addMenu("&File")
         self._action(file_menu, "&Open image…", QKeySequence.StandardKey.Open, self.open_image)
         self._action(file_menu, "&Settings…", QKeySequence("Ctrl+,"), self.edit_settings)
+        self.models_action = self._action(
+            file_menu, "&Models…", QKeySequence("Ctrl+Shift+M"), self.open_models
+        )
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", QKeySequence.StandardKey.Quit, self.close)
         run_menu = self.menuBar().addMenu("&Run")
@@ -139,6 +149,18 @@ class MainWindow(QMainWindow):
         if dialog.exec():
             self.ctx.update_settings(dialog.settings())
             self.refresh_device()
+
+    def open_models(self, tool: str | None = None) -> ModelsDialog:
+        """Show the Models dialog (one per window, kept while downloads run), on `tool`."""
+        if self.models_dialog is None:
+            self.models_dialog = ModelsDialog(self.models, self)
+            self.models_dialog.modelsChanged.connect(self.modelsChanged)
+        if tool:
+            self.models_dialog.show_tool(tool)
+        self.models_dialog.refresh()
+        self.models_dialog.show()
+        self.models_dialog.raise_()
+        return self.models_dialog
 
     def submit(
         self, request: Any, *, title: str, parent_id: int | None = None, on_finished=None
@@ -225,6 +247,8 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.ctx.jobs.cancel_all()
+        if self.models_dialog is not None:
+            self.models_dialog.cancel()  # a download stops at its next chunk
         self.ctx.jobs.wait_idle(timeout=30)
         self.jobs.detach()
         # Background readers (model info, colour samples, heat maps) signal this window when
