@@ -33,6 +33,8 @@ from superqt.utils import create_worker
 from studio.app.runs import describe_error
 from studio.app.settings import with_recent_diffusion_model
 from studio.engines.diffusion import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, SCHEDULER_TITLES
+from studio.errors import UserError
+from studio.models.diffusion import REPO_ID
 
 CHOOSE_FOLDER = "\x00folder"
 CHOOSE_FILE = "\x00file"
@@ -76,15 +78,14 @@ class ModelPicker(QWidget):
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.get_models_button = QPushButton("Get models…")
         self.get_models_button.setToolTip("Download a suggested model (sizes shown first)")
-        self.get_models_button.clicked.connect(self._open_models_dialog)
-        # The Models dialog belongs to the main window when it has one.
-        self.get_models_button.setVisible(hasattr(window, "open_models_dialog"))
+        self.get_models_button.clicked.connect(lambda: window.open_models("diffusion"))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.combo)
         layout.addWidget(self.info)
         layout.addWidget(self.get_models_button)
-        self._fill(window.ctx.settings.recent_diffusion_models)
+        window.modelsChanged.connect(self.refresh)
+        self.refresh()
 
     def showEvent(self, event) -> None:
         """Follow the model last chosen in the other diffusion tab, and its recent list."""
@@ -93,18 +94,33 @@ class ModelPicker(QWidget):
         if not self.reference and settings.diffusion_model:
             self.choose(settings.diffusion_model)
         else:
-            self._fill(settings.recent_diffusion_models)
+            self.refresh()
 
-    def _fill(self, recent: tuple[str, ...]) -> None:
+    def refresh(self) -> None:
+        """List the library's installed diffusion models, then the recent ones, then the
+        choosers; the chosen model stays chosen."""
         self.combo.clear()
-        for reference in recent:
-            self.combo.addItem(reference, reference)
-        if recent:
+        try:
+            installed = self.window_.models.installed("diffusion")
+        except UserError as exc:
+            self.window_.notifications.error(str(exc))
+            installed = []
+        for item in installed:
+            self._add(item.location, item.name)
+        for reference in self.window_.ctx.settings.recent_diffusion_models:
+            if Path(reference).exists() or _looks_like_repo_id(reference):
+                self._add(reference, reference)
+        if self.combo.count():
             self.combo.insertSeparator(self.combo.count())
         self.combo.addItem("Choose folder…", CHOOSE_FOLDER)
         self.combo.addItem("Choose checkpoint file…", CHOOSE_FILE)
         self.combo.setCurrentIndex(-1)
         self.combo.setEditText(self.reference)
+
+    def _add(self, reference: str, label: str) -> None:
+        if self.combo.findData(reference) < 0:
+            self.combo.addItem(label, reference)
+            self.combo.setItemData(self.combo.count() - 1, reference, Qt.ItemDataRole.ToolTipRole)
 
     # -- choosing -------------------------------------------------------------------------
     def choose(self, reference: str, *, adopt_defaults: bool = True) -> None:
@@ -139,7 +155,7 @@ class ModelPicker(QWidget):
         self._show(note)
         ctx = self.window_.ctx
         ctx.update_settings(with_recent_diffusion_model(ctx.settings, reference))
-        self._fill(ctx.settings.recent_diffusion_models)
+        self.refresh()
         self.familyChanged.emit(family, adopt_defaults and family is not None)
 
     def _failed(self, reference: str, exc: Exception) -> None:
@@ -174,10 +190,9 @@ class ModelPicker(QWidget):
         if text != self.reference:
             self.choose(text)
 
-    def _open_models_dialog(self) -> None:
-        opener = getattr(self.window_, "open_models_dialog", None)
-        if opener is not None:
-            opener()
+
+def _looks_like_repo_id(reference: str) -> bool:
+    return bool(REPO_ID.match(reference)) and not reference.startswith(("/", "."))
 
 
 def detect_family(reference: str) -> tuple[Any, str]:
@@ -185,11 +200,12 @@ def detect_family(reference: str) -> tuple[Any, str]:
     shapes only; nothing downloads. Runs on a worker thread. A repo that is not downloaded yet
     has no family until its first run."""
     from studio.models import diffusion as models
+    from studio.models import hub
 
     source = models.resolve_source(reference)
     if source.kind == "repo":
-        snapshot = models.cached_snapshot(source.location, ["*.json", "**/*.json"])
-        if snapshot is None or not (snapshot / "model_index.json").is_file():
+        snapshot = hub.cached_repo(source.location)
+        if snapshot is None:
             return None, (
                 f"{source.location} is not downloaded yet: it downloads into the Hugging Face "
                 "cache on the first run."
@@ -210,11 +226,12 @@ def _checkpoint_family(path: Path) -> tuple[Any, str]:
     """A checkpoint's family from its tensor names and shapes; its family's configuration files
     are read when cached and otherwise left for the first run to fetch."""
     from studio.models import diffusion as models
+    from studio.models import hub
 
     layout = models.checkpoint_layout(path)
     model_type = models.single_file_type(layout, path)
-    config = models.cached_snapshot(models.config_repo_for(model_type), ["*.json", "**/*.json"])
-    if config is not None and (config / "model_index.json").is_file():
+    config_repo = models.config_repo_for(model_type)
+    if hub.cached_repo(config_repo, allow_patterns=models.CONFIG_PATTERNS) is not None:
         family = models.resolve_model(str(path)).family  # everything it reads is cached
         return family, describe_family(family)
     in_channels = int(layout["model.diffusion_model.input_blocks.0.0.weight"].shape[1])

@@ -165,14 +165,11 @@ class DiffusionTab(ToolTab):
         if self.controls.picker.reference:
             return True
         self.set_status(
-            "Choose a model first: pick a local model or type a repo id under Model"
-            + (", or Get models… to download one." if self._can_get_models() else "."),
+            "Choose a model first: pick a local model or type a repo id under Model, or "
+            "Get models… to download one.",
             error=True,
         )
         return False
-
-    def _can_get_models(self) -> bool:
-        return hasattr(self.window_, "open_models_dialog")
 
 
 def _short(text: str, limit: int = 40) -> str:

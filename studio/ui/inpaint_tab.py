@@ -133,7 +133,10 @@ class InpaintTab(DiffusionTab):
         self.view.set_before(None)
         self.view.set_image(image)
         self.pages.setCurrentIndex(0)
-        self.set_status("Paint over what to repaint, describe it, then Inpaint (Ctrl+Enter).")
+        hint = "Paint over what to repaint, describe it, then Inpaint (Ctrl+Enter)."
+        if self.canvas.can_mask_from_alpha():
+            hint += " Its transparent pixels can be the mask: From alpha."
+        self.set_status(hint)
 
     def _choose_image(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open an image", "", IMAGE_FILTER)

@@ -279,3 +279,16 @@ def test_ctrl_return_while_typing_the_prompt_generates(window, tab, qtbot, diffu
         qtbot.keyClick(tab.controls.prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     assert blocker.args[0].state == JobState.DONE
     assert tab.controls.prompt.toPlainText() == "a red cat"  # no line break was typed
+
+
+def test_get_models_opens_the_models_dialog_and_installed_models_are_listed(
+    window, tab, diffusion_models
+):
+    tab.controls.picker.get_models_button.click()
+    assert window.models_dialog.isVisible() and window.models_dialog.tool == "diffusion"
+    window.models_dialog.close()
+    item = window.models.import_path(diffusion_models["turbo"], copy=False, tool="diffusion")
+    window.modelsChanged.emit()
+    combo = tab.controls.picker.combo
+    index = combo.findData(item.location)
+    assert index >= 0 and combo.itemText(index) == item.name

@@ -143,3 +143,25 @@ def test_a_generated_image_sent_to_inpaint_keeps_its_lineage(window, tab, qtbot,
     paint(tab)
     fixed = run_and_wait(window, qtbot).result
     assert fixed.parent_id == made.id
+
+
+def test_the_transparent_part_of_a_photo_can_be_the_mask(
+    window, tab, qtbot, diffusion_models, tmp_path
+):
+    rgba = np.zeros((64, 72, 4), np.uint8)
+    rgba[..., :3] = np.random.default_rng(4).integers(0, 255, (64, 72, 3), np.uint8)
+    rgba[..., 3] = 255
+    rgba[20:36, 24:44, 3] = 0  # a hole cut out of the product photo
+    photo = tmp_path / "cut-out.png"
+    Image.fromarray(rgba).save(photo)
+    ready(tab, qtbot, diffusion_models["inpaint_folder"], photo)
+    assert "From alpha" in tab.status.text()
+    assert tab.canvas.mask_from_alpha()
+    hole = rgba[..., 3] == 0
+    assert np.array_equal(tab.canvas.mask() > 0, hole)
+    job = run_and_wait(window, qtbot)
+    assert job.state == JobState.DONE, job.message
+    out = np.asarray(Image.open(job.result.outputs[0].path))
+    assert out.shape == (64, 72, 4)
+    assert np.array_equal(out[~hole], rgba[~hole])
+    assert (out[hole][:, 3] > 0).all()  # the repainted hole is no longer transparent
