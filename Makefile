@@ -29,8 +29,13 @@ bench: $(STAMP)
 bench-diffusion: $(STAMP)
 	$(PY) bench/diffusion.py
 
+# The Generate and Inpaint shots use the tests' tiny random-weight pipeline (no download).
+TINY_SD := $(or $(TMPDIR),/tmp)/studio-screenshot-tiny-sd
 screenshot: $(STAMP)
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m studio.ui.screenshot docs
+	test -f $(TINY_SD)/model_index.json || PYTHONPATH=tests $(PY) -c \
+		'import sys, tiny_diffusion; tiny_diffusion.save_folder(sys.argv[1])' $(TINY_SD)
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m studio.ui.screenshot docs \
+		--diffusion-model $(TINY_SD)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -25,8 +25,10 @@ from studio.app.runs import TOOLS, execute, request_from_entry
 from studio.errors import UserError
 from studio.models.library import ModelLibrary
 from studio.ui.entry_viewer import EntryViewer
+from studio.ui.generate_tab import GenerateTab
 from studio.ui.grade_tab import GradeTab
 from studio.ui.history_panel import HistoryPanel
+from studio.ui.inpaint_tab import InpaintTab
 from studio.ui.jobs import JobsWidget, QtJobs
 from studio.ui.models_dialog import ModelsDialog
 from studio.ui.notifications import NotificationBar
@@ -50,7 +52,10 @@ class MainWindow(QMainWindow):
         self.resize(1400, 880)
         self.jobs = QtJobs(ctx.jobs, self)
         self.notifications = NotificationBar()
-        self.tool_tabs: dict[str, ToolTab] = {"upscale": UpscaleTab(self), "grade": GradeTab(self)}
+        self.tool_tabs: dict[str, ToolTab] = {
+            tab.tool: tab
+            for tab in (GenerateTab(self), InpaintTab(self), UpscaleTab(self), GradeTab(self))
+        }
         self.tabs = QTabWidget()
         for tab in self.tool_tabs.values():
             self.tabs.addTab(tab, tab.title)
@@ -62,7 +67,9 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.history_panel = HistoryPanel(ctx.history)
-        self.history_panel.set_send_targets([tab.title for tab in self.tool_tabs.values()])
+        self.history_panel.set_send_targets(
+            [tab.title for tab in self.tool_tabs.values() if tab.accepts_images]
+        )
         self.history_panel.rerunRequested.connect(self.rerun)
         self.history_panel.sendRequested.connect(self.send_to)
         self.history_dock = QDockWidget("History", self)
