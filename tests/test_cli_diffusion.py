@@ -95,6 +95,6 @@ def test_diffusion_failures_are_one_line_reasons(tmp_path, diffusion_models, cap
     Image.new("RGB", (40, 30)).save(tmp_path / "photo.png")
     Image.new("L", (20, 30)).save(tmp_path / "mask.png")
     args = ["inpaint", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png")]
-    args += ["--model", str(diffusion_models["folder"]), "--prompt", "x", "--steps", "1"]
+    args += ["--model", str(diffusion_models["folder"]), "--prompt", "x", "--steps", "2"]
     assert main([*args, "-o", str(tmp_path / "o")]) == 1
     assert "the mask is 20x30 but the image is 40x30" in capsys.readouterr().err

@@ -332,6 +332,8 @@ def test_inpaint_inputs_that_do_not_fit_are_refused(models, tmp_path):
         diffusion.run(inpaint(image, empty, models["inpaint_folder"]), cache=ModelCache())
     with pytest.raises(EngineError, match="strength"):
         inpaint(image, empty, models["folder"], strength=0.0)
+    with pytest.raises(EngineError, match="steps x strength is under 1"):
+        inpaint(image, empty, models["folder"], steps=1, strength=0.75)
 
 
 def test_mask_from_alpha_and_feathering_inwards():

@@ -175,6 +175,11 @@ class InpaintRequest(Request):
         _check_common(self)
         if not 0.0 < float(self.strength) <= 1.0:
             raise EngineError("strength must be above 0 and at most 1.")
+        if int(self.steps * float(self.strength)) < 1:  # diffusers runs steps x strength of them
+            raise EngineError(
+                f"{self.steps} steps at strength {float(self.strength):g} run no denoising step "
+                "(steps x strength is under 1): raise the steps or the strength."
+            )
         for name, top in (("mask_blur", 256), ("padding", 4096)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
