@@ -424,3 +424,18 @@ def test_pictures_in_memory_can_be_inpainted(models, tmp_path):
     assert np.array_equal(pixels_of(from_files), pixels_of(in_memory))
     with pytest.raises(EngineError, match="mask is 10x10 but the image is 96x64"):
         diffusion.inpaint_picture(picture, np.ones((10, 10), bool), request)
+
+
+def test_peeking_at_a_family_downloads_nothing(models, tmp_path, monkeypatch):
+    from studio.models.diffusion import peek_family
+
+    family, note = peek_family(str(models["file"]))  # configuration cached: read from it
+    assert (family.name, family.native, note) == ("sd1", 64, None)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # any download attempt would fail
+    family, note = peek_family(str(models["file"]))  # a guess from the tensor names
+    assert (family.name, family.native, family.inpainting) == ("sd1", 512, False)
+    assert "download on the first run" in note
+    family, note = peek_family("someone/not-downloaded")
+    assert family is None and "not downloaded yet" in note
+    assert peek_family(str(models["inpaint_folder"]))[0].inpainting

@@ -315,12 +315,53 @@ def resolve_model(
         folder = _repo_snapshot(source.location, progress=progress, cancelled=cancelled)
         return ResolvedModel(source, family_of_folder(folder, name_hint=source.location), folder)
     path = Path(source.location)
+    model_type, in_channels = _checkpoint_facts(path)
+    folder = _family_config(config_repo_for(model_type), progress=progress, cancelled=cancelled)
+    family = family_of_folder(folder, name_hint=path.name, in_channels=in_channels)
+    return ResolvedModel(source, family, folder, model_type)
+
+
+# Native sides of single-file checkpoint types, before their family's configuration is at hand
+_GUESSED_NATIVE = {"v1": 512, "inpainting": 512, "v2": 768, "inpainting_v2": 512}
+
+
+def peek_family(reference: str) -> tuple[Family | None, str | None]:
+    """The family as far as the files on this computer tell, downloading nothing (the model
+    pickers ask on every choice): None for a repo not downloaded yet, and for a checkpoint whose
+    family configuration is not cached, a guess from its tensor names. The note, if any, says
+    what the first run will download."""
+    from studio.models import hub
+
+    source = resolve_source(reference)
+    if source.kind == "repo":
+        snapshot = hub.cached_repo(source.location)
+        if snapshot is None:
+            return None, (
+                f"{source.location} is not downloaded yet: it downloads into the Hugging Face "
+                "cache on the first run."
+            )
+        return family_of_folder(snapshot, name_hint=source.location), None
+    if source.kind == "folder":
+        return family_of_folder(Path(source.location)), None
+    path = Path(source.location)
+    model_type, in_channels = _checkpoint_facts(path)
+    config = _cached_config(config_repo_for(model_type))
+    if config is not None:
+        return family_of_folder(config, name_hint=path.name, in_channels=in_channels), None
+    family = Family(
+        name=_SINGLE_FILE_TYPES[model_type],
+        variant=_variant_from_name(path.name),
+        inpainting=in_channels == 9,
+        native=_GUESSED_NATIVE.get(model_type, 1024),
+    )
+    return family, "its family's configuration files (under 2 MB) download on the first run"
+
+
+def _checkpoint_facts(path: Path) -> tuple[str, int]:
+    """diffusers' type of a single-file checkpoint and its UNet's input channels (9: inpainting)."""
     layout = checkpoint_layout(path)
     model_type = single_file_type(layout, path)
-    folder = _family_config(config_repo_for(model_type), progress=progress, cancelled=cancelled)
-    in_channels = layout["model.diffusion_model.input_blocks.0.0.weight"].shape[1]
-    family = family_of_folder(folder, name_hint=path.name, in_channels=int(in_channels))
-    return ResolvedModel(source, family, folder, model_type)
+    return model_type, int(layout["model.diffusion_model.input_blocks.0.0.weight"].shape[1])
 
 
 def _repo_snapshot(repo_id: str, *, progress: Progress, cancelled: CancelCheck) -> Path:

@@ -196,56 +196,15 @@ def _looks_like_repo_id(reference: str) -> bool:
 
 
 def detect_family(reference: str) -> tuple[Any, str]:
-    """(family or None, a line describing the model), reading configuration files and tensor
-    shapes only; nothing downloads. Runs on a worker thread. A repo that is not downloaded yet
-    has no family until its first run."""
-    from studio.models import diffusion as models
-    from studio.models import hub
+    """(family or None, a line describing the model), from files on this computer only: nothing
+    downloads from the picker. Runs on a worker thread."""
+    from studio.models.diffusion import peek_family
 
-    source = models.resolve_source(reference)
-    if source.kind == "repo":
-        snapshot = hub.cached_repo(source.location)
-        if snapshot is None:
-            return None, (
-                f"{source.location} is not downloaded yet: it downloads into the Hugging Face "
-                "cache on the first run."
-            )
-        family = models.family_of_folder(snapshot, name_hint=source.location)
-    elif source.kind == "folder":
-        family = models.resolve_model(reference).family
-    else:
-        return _checkpoint_family(Path(source.location))
-    return family, describe_family(family)
-
-
-# Native sides of single-file checkpoint types (diffusers' names) whose configuration is not cached
-_CHECKPOINT_NATIVE = {"xl_base": 1024, "xl_inpaint": 1024, "v2": 768}
-
-
-def _checkpoint_family(path: Path) -> tuple[Any, str]:
-    """A checkpoint's family from its tensor names and shapes; its family's configuration files
-    are read when cached and otherwise left for the first run to fetch."""
-    from studio.models import diffusion as models
-    from studio.models import hub
-
-    layout = models.checkpoint_layout(path)
-    model_type = models.single_file_type(layout, path)
-    config_repo = models.config_repo_for(model_type)
-    if hub.cached_repo(config_repo, allow_patterns=models.CONFIG_PATTERNS) is not None:
-        family = models.resolve_model(str(path)).family  # everything it reads is cached
-        return family, describe_family(family)
-    in_channels = int(layout["model.diffusion_model.input_blocks.0.0.weight"].shape[1])
-    lowered = path.name.lower()
-    family = models.Family(
-        name="sdxl" if model_type.startswith("xl") else "sd2" if "v2" in model_type else "sd1",
-        variant=next((v for v in models.DISTILLED_VARIANTS if v in lowered), "base"),
-        inpainting=in_channels == 9,
-        native=_CHECKPOINT_NATIVE.get(model_type, 512),
-    )
-    return family, (
-        f"{describe_family(family)} · its family's configuration files (under 2 MB) download "
-        "on the first run"
-    )
+    family, note = peek_family(reference)
+    if family is None:
+        return None, note or ""
+    text = describe_family(family)
+    return family, f"{text} · {note}" if note else text
 
 
 def describe_family(family: Any) -> str:
