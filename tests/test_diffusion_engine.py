@@ -439,3 +439,22 @@ def test_peeking_at_a_family_downloads_nothing(models, tmp_path, monkeypatch):
     family, note = peek_family("someone/not-downloaded")
     assert family is None and "not downloaded yet" in note
     assert peek_family(str(models["inpaint_folder"]))[0].inpainting
+
+
+def test_sd2_is_told_by_its_text_width_and_v_prediction_models_by_their_native_size(
+    models, tmp_path
+):
+    """Real SD 2.x folders differ from SD 1.x in configuration only: OpenCLIP's 1024-wide text."""
+    import json
+
+    sd2 = tmp_path / "stable-diffusion-2-1"
+    shutil.copytree(models["folder"], sd2)
+    unet_config = sd2 / "unet" / "config.json"
+    config = json.loads(unet_config.read_text())
+    unet_config.write_text(json.dumps({**config, "cross_attention_dim": 1024, "sample_size": 96}))
+    vae_config = sd2 / "vae" / "config.json"
+    vae = json.loads(vae_config.read_text())
+    vae_config.write_text(json.dumps({**vae, "block_out_channels": [128, 256, 512, 512]}))
+    family = family_of_folder(sd2)
+    assert (family.name, family.native, family.title) == ("sd2", 768, "SD 2.x")
+    assert (768, 768) in family.size_presets
