@@ -260,9 +260,16 @@ class MainWindow(QMainWindow):
 
 
 def _describe_device(preference: str) -> str:
+    """Runs on a worker thread at start-up; it also imports the engines' heavy libraries there,
+    so that the first click on Run does not freeze the window while they load (spandrel
+    alone takes about a second)."""
     from studio.models.device import describe_device, resolve_device
 
     try:
-        return describe_device(resolve_device(preference))
+        description = describe_device(resolve_device(preference))
     except Exception as exc:  # an unavailable explicit choice: say so, runs will fail clearly
         return f"{preference}: {exc}"
+    import studio.engines.grade
+    import studio.engines.upscale  # noqa: F401
+
+    return description
