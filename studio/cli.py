@@ -1,5 +1,9 @@
 """Headless commands: every tool runs from a terminal on the same engines and records history.
 
+    studio generate --model M --prompt P [--negative N] [--steps S] [--guidance G] [--seed X]
+                    [--size WxH] [--count K] [--scheduler NAME] -o OUT_DIR
+    studio inpaint IMAGE --mask MASK --model M --prompt P [--negative N] [--steps S] [--guidance G]
+                   [--strength S] [--blur B] [--only-masked PAD] [--seed X] -o OUT_DIR
     studio upscale IN... -o OUT_DIR [--model FILE] [--scale S] [--tile N] [--device D]
     studio restore IN... -o OUT_DIR [--model FILE] [--strength S] [--denoise D] [--scratches]
                  [--mask FILE] [--colour] [--seed X] [--variations N] [--tile N]
@@ -8,6 +12,10 @@
     studio history list [--json] [--state approved|rejected|pending] [--tool T] [--limit N]
     studio history review ID (--approve | --reject | --pending) [--rating N] [--note TEXT]
     studio history export --approved DIR
+    studio models list [--json] [--tool upscale|restore|diffusion]
+    studio models download NAME
+    studio models import PATH [--copy] [--tool T]
+    studio models remove NAME
 
 Failures exit non-zero with a one-line reason; the full trace goes to the log file.
 """
@@ -23,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,6 +42,7 @@ from studio.app.settings import DEVICES, OUTPUT_FORMATS, PRECISIONS
 from studio.engines.base import Cancelled
 from studio.errors import UserError
 from studio.files import copy_atomically
+from studio.models.library import LIBRARY_TOOLS, ModelItem, ModelLibrary, human_size, item_summary
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -65,6 +75,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="studio", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = commands.add_parser("generate", help="generate images from a text prompt (diffusion)")
+    _diffusion_arguments(gen)
+    gen.add_argument(
+        "--size",
+        type=_size,
+        default=None,
+        metavar="WxH",
+        help="image size, rounded to multiples of 8 (default: the model's native square)",
+    )
+    gen.add_argument("--count", type=int, default=1, help="number of images (seeds X, X+1, ...)")
+    gen.set_defaults(handler=cmd_generate)
+
+    inp = commands.add_parser("inpaint", help="repaint the masked part of an image (diffusion)")
+    inp.add_argument("image", type=Path, metavar="IMAGE")
+    inp.add_argument(
+        "--mask",
+        type=Path,
+        required=True,
+        metavar="MASK",
+        help="same size as IMAGE; white (or opaque) = repaint",
+    )
+    _diffusion_arguments(inp)
+    inp.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="0-1 (default 1 for inpainting models, 0.75 for others)",
+    )
+    inp.add_argument("--blur", type=int, default=4, help="feather the mask's edge, in pixels")
+    inp.add_argument(
+        "--only-masked",
+        type=int,
+        default=None,
+        metavar="PAD",
+        help="inpaint only a crop around the mask plus PAD pixels, at the model's resolution "
+        "(full resolution kept; default: the whole image at the model's resolution)",
+    )
+    inp.set_defaults(handler=cmd_inpaint)
 
     up = commands.add_parser("upscale", help="upscale images with a super-resolution model")
     up.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files or folders")
@@ -208,6 +257,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy approved outputs plus audit.json and audit.csv here",
     )
     export.set_defaults(handler=cmd_history_export)
+    models = commands.add_parser("models", help="list, download, import and remove models")
+    model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    mls = model_commands.add_parser("list", help="installed and available models per tool")
+    mls.add_argument("--json", action="store_true", help="one JSON object per line")
+    mls.add_argument("--tool", choices=LIBRARY_TOOLS)
+    mls.set_defaults(handler=cmd_models_list)
+    fetch = model_commands.add_parser("download", help="download a catalogue model")
+    fetch.add_argument("name")
+    fetch.set_defaults(handler=cmd_models_download)
+    imp = model_commands.add_parser("import", help="add a model file or diffusers folder")
+    imp.add_argument("path", type=Path)
+    imp.add_argument(
+        "--copy",
+        action="store_true",
+        help="copy it into Studio's models folder (default: use it where it is)",
+    )
+    imp.add_argument("--tool", choices=LIBRARY_TOOLS, help="refuse the file unless it is for T")
+    imp.set_defaults(handler=cmd_models_import)
+    rm = model_commands.add_parser("remove", help="remove a model and the files Studio keeps")
+    rm.add_argument("name")
+    rm.set_defaults(handler=cmd_models_remove)
     return parser
 
 
@@ -359,39 +429,191 @@ def cmd_grade(ctx: AppContext, args: argparse.Namespace) -> int:
     return run_batch(ctx, files, request_for, args.output, after=export_lut)
 
 
+def _diffusion_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="M",
+        help="Hugging Face repo id (downloaded once into the Hugging Face cache), diffusers "
+        "folder, or .safetensors/.ckpt checkpoint",
+    )
+    parser.add_argument("--prompt", required=True, metavar="P")
+    parser.add_argument("--negative", default="", metavar="N", help="negative prompt")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model family's")
+    parser.add_argument("--guidance", type=float, default=None, help="CFG scale")
+    parser.add_argument("--seed", type=int, default=None, help="default: random (printed)")
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="NAME",
+        help="euler, euler_a, dpmpp_2m_karras, dpmpp_2m, ddim, unipc, lcm (distilled models)",
+    )
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    parser.add_argument("--device", choices=DEVICES, default=None)
+    parser.add_argument("--precision", choices=PRECISIONS, default=None)
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, default=None, dest="output_format")
+    parser.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x768, not {text!r}") from None
+    return width, height
+
+
+def _diffusion_common(ctx: AppContext, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Find the model (downloading a repo on first use, with a progress bar) and the defaults of
+    its family for what the command line left out."""
+    import random
+
+    from studio.models.diffusion import resolve_model
+
+    with cancel_on_interrupt() as cancel:
+        bar = ProgressBar(f"model {args.model}", sys.stderr)
+        model = resolve_model(args.model, progress=bar, cancelled=cancel.is_set)
+        bar.close(f"{model.family.title}")
+    family = model.family
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    if args.seed is None:
+        print(f"seed: {seed}", file=sys.stderr)
+    settings = ctx.settings
+    common = dict(
+        model=args.model,
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        steps=args.steps if args.steps is not None else family.default_steps,
+        guidance=args.guidance if args.guidance is not None else family.default_guidance,
+        seed=seed,
+        scheduler=args.scheduler or family.default_scheduler,
+        output_format=args.output_format or settings.output_format,
+        quality=args.quality or settings.jpeg_quality,
+        device=args.device or settings.device,
+        precision=args.precision or settings.precision,
+        memory=settings.diffusion_memory,
+    )
+    return model, common
+
+
+def cmd_generate(ctx: AppContext, args: argparse.Namespace) -> int:
+    from studio.engines.diffusion import MAX_SEED, GenerateRequest, rounded_size
+
+    if args.count < 1:
+        raise UserError("--count must be at least 1.")
+    model, common = _diffusion_common(ctx, args)
+    width, height = args.size or (model.family.native, model.family.native)
+    width, height, note = rounded_size(width, height)
+    if note:
+        print(f"studio: {note}", file=sys.stderr)
+    stem = _slug(args.prompt)
+    items = []
+    for index in range(args.count):
+        seed = (common["seed"] + index) % (MAX_SEED + 1)
+        request = GenerateRequest(**{**common, "seed": seed}, width=width, height=height)
+        items.append(
+            BatchItem(f"seed {seed}", lambda r=request: r, lambda _e, name=f"{stem}_{seed}": name)
+        )
+    return run_requests(ctx, items, args.output, after=_print_warnings)
+
+
+def cmd_inpaint(ctx: AppContext, args: argparse.Namespace) -> int:
+    from studio.engines.diffusion import InpaintRequest
+
+    for name, path in (("image", args.image), ("mask", args.mask)):
+        if not path.is_file():
+            raise UserError(f"{name} not found: {path}")
+    model, common = _diffusion_common(ctx, args)
+    strength = args.strength
+    if strength is None:
+        strength = 1.0 if model.family.inpainting else 0.75
+    request = InpaintRequest(
+        image_path=str(args.image.resolve()),
+        mask_path=str(args.mask.resolve()),
+        **common,
+        strength=strength,
+        mask_blur=args.blur,
+        only_masked=args.only_masked is not None,
+        padding=args.only_masked or 0,
+    )
+    item = BatchItem(args.image.name, lambda: request, lambda _e: f"{args.image.stem}_inpaint")
+    return run_requests(ctx, [item], args.output, after=_print_warnings)
+
+
+def _print_warnings(entry: Entry, _key: Any) -> None:
+    for warning in entry.facts.get("warnings", []):
+        print(f"studio: warning: {warning}", file=sys.stderr)
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    words = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+    return "-".join(words)[:limit].strip("-") or "image"
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One run of a batch: what the progress bar says, how to build the request (building it may
+    fail, e.g. on a bad file, without stopping the batch), and the name of the exported image."""
+
+    label: str
+    make_request: Callable[[], Any]
+    stem: Callable[[Entry], str]
+    key: Any = None  # handed to `after` on success
+
+
 def run_batch(
     ctx: AppContext,
     files: Sequence[Path],
     request_for: Callable[[Path], Any],
     out_dir: Path,
-    after: Callable[[Entry, Path], None] | None = None,
+    after: Callable[[Entry, Any], None] | None = None,
 ) -> int:
     """Run one request per file, each its own history entry; a bad file does not stop the rest."""
+    items = [
+        BatchItem(
+            path.name,
+            lambda path=path: request_for(path),
+            lambda entry, path=path: f"{path.stem}{_tag(entry)}",
+            path,
+        )
+        for path in files
+    ]
+    return run_requests(ctx, items, out_dir, after=after)
+
+
+def run_requests(
+    ctx: AppContext,
+    items: Sequence[BatchItem],
+    out_dir: Path,
+    after: Callable[[Entry, Any], None] | None = None,
+) -> int:
+    """Run each item as its own history entry and copy its image to `out_dir`; a failure does not
+    stop the rest, Ctrl-C does."""
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     with cancel_on_interrupt() as cancel:
-        for index, path in enumerate(files, 1):
-            if cancel.is_set():  # Ctrl-C between two files: stop before the next one starts
+        for index, item in enumerate(items, 1):
+            if cancel.is_set():  # Ctrl-C between two items: stop before the next one starts
                 return EXIT_CANCELLED
-            bar = ProgressBar(f"[{index}/{len(files)}] {path.name}", sys.stderr)
+            bar = ProgressBar(f"[{index}/{len(items)}] {item.label}", sys.stderr)
             try:
-                entry = execute(ctx, request_for(path), progress=bar, cancelled=cancel.is_set)
+                entry = execute(ctx, item.make_request(), progress=bar, cancelled=cancel.is_set)
             except Cancelled:
                 bar.close("cancelled")
                 return EXIT_CANCELLED
-            except Exception as exc:  # one bad file must not stop the batch
+            except Exception as exc:  # one bad input must not stop the batch
                 if not isinstance(exc, UserError):
-                    log.exception("%s failed", path)
+                    log.exception("%s failed", item.label)
                 bar.close("failed")
-                print(f"studio: {path}: {describe_error(exc)}", file=sys.stderr)
+                print(f"studio: {item.label}: {describe_error(exc)}", file=sys.stderr)
                 failures += 1
                 continue
-            written = export_output(entry, path, out_dir)
+            written = export_output(entry, item.stem(entry), out_dir)
             bar.close(f"-> {written}  ({entry.model_name}, {entry.duration_s:.1f} s, #{entry.id})")
             if after is not None:
-                after(entry, path)
+                after(entry, item.key)
     if failures:
-        print(f"studio: {failures} of {len(files)} images failed", file=sys.stderr)
+        print(f"studio: {failures} of {len(items)} failed", file=sys.stderr)
     return EXIT_FAILED if failures else 0
 
 
@@ -432,6 +654,88 @@ def cmd_history_export(ctx: AppContext, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_list(ctx: AppContext, args: argparse.Namespace) -> int:
+    library = ModelLibrary(ctx.dirs)
+    items = library.items(args.tool)
+    if args.json:
+        for item in items:
+            print(json.dumps(item_summary(item), sort_keys=True))
+        return 0
+    for tool in LIBRARY_TOOLS:
+        rows = [item for item in items if item.tool == tool]
+        if rows:
+            print(f"{tool}:")
+            for item in rows:
+                print("  " + model_line(item))
+    print(f"disk use of installed models: {human_size(library.disk_use(args.tool))}")
+    return 0
+
+
+def model_line(item: ModelItem) -> str:
+    state = "installed" if item.installed else "available"
+    size = human_size(item.size_bytes)
+    size = f"~{size}" if not item.installed and item.kind == "hf_repo" else size
+    licence = item.licence or "licence unknown"
+    if item.non_commercial:
+        licence = f"NON-COMMERCIAL: {licence}"
+    return f"{item.name:<30} {state:<10} {item.origin:<9} {size:>9}  {item.family} · {licence}"
+
+
+def cmd_models_download(ctx: AppContext, args: argparse.Namespace) -> int:
+    library = ModelLibrary(ctx.dirs)
+    item = library.find(args.name)
+    if not item.installed:
+        size = human_size(library.download_size(item.name))
+        print(f"{item.name}: {item.family}, {size} to download", file=sys.stderr)
+        print(f"licence: {item.licence or 'unknown'}", file=sys.stderr)
+        if item.non_commercial:
+            print("note: this licence does not allow commercial use", file=sys.stderr)
+    with cancel_on_interrupt() as cancel:
+        bar = ProgressBar(f"download {item.name}", sys.stderr)
+        try:
+            item = library.download(item.name, progress=bar, cancelled=cancel.is_set)
+        except Cancelled:
+            bar.close("cancelled")
+            return EXIT_CANCELLED
+        except Exception:
+            bar.close("failed")
+            raise
+    bar.close(f"-> {item.path} ({human_size(item.size_bytes)})")
+    return 0
+
+
+def cmd_models_import(ctx: AppContext, args: argparse.Namespace) -> int:
+    library = ModelLibrary(ctx.dirs)
+    with cancel_on_interrupt() as cancel:
+        bar = ProgressBar(f"import {args.path.name}", sys.stderr)
+        try:
+            item = library.import_path(
+                args.path, copy=args.copy, tool=args.tool, progress=bar, cancelled=cancel.is_set
+            )
+        except Cancelled:
+            bar.close("cancelled")
+            return EXIT_CANCELLED
+        except Exception:
+            bar.close("failed")
+            raise
+    where = "copied to" if args.copy else "used in place at"
+    bar.close(f"{item.name}: {item.family} for {item.tool}, {where} {item.path}")
+    return 0
+
+
+def cmd_models_remove(ctx: AppContext, args: argparse.Namespace) -> int:
+    library = ModelLibrary(ctx.dirs)
+    item = library.find(args.name)
+    freed = library.remove(item.name)
+    if item.in_place:
+        print(f"removed {item.name} from the library; {item.path} was left where it is")
+    elif item.kind == "hf_repo":
+        print(f"removed {item.name} from the Hugging Face cache ({human_size(freed)} freed)")
+    else:
+        print(f"removed {item.name} ({human_size(freed)} freed)")
+    return 0
+
+
 def entry_summary(entry: Entry) -> dict:
     return {
         "id": entry.id,
@@ -469,15 +773,18 @@ def expand_inputs(paths: Sequence[Path]) -> Iterator[Path]:
             raise UserError(f"input not found: {path}")
 
 
-def export_output(entry: Entry, source: Path, out_dir: Path) -> Path:
+def _tag(entry: Entry) -> str:
+    scale = entry.request.get("scale") or entry.facts.get("scale")
+    return f"_x{scale:g}" if isinstance(scale, (int, float)) else f"_{entry.tool}"
+
+
+def export_output(entry: Entry, stem: str, out_dir: Path) -> Path:
     """Copy the entry's image next to the others, never overwriting a file that is there."""
     output = entry.outputs[0].path
-    scale = entry.request.get("scale") or entry.facts.get("scale")
-    tag = f"_x{scale:g}" if isinstance(scale, (int, float)) else f"_{entry.tool}"
-    target = out_dir / f"{source.stem}{tag}{output.suffix}"
+    target = out_dir / f"{stem}{output.suffix}"
     counter = 1
     while target.exists():
-        target = out_dir / f"{source.stem}{tag}-{counter}{output.suffix}"
+        target = out_dir / f"{stem}-{counter}{output.suffix}"
         counter += 1
     copy_atomically(output, target)
     return target

@@ -619,13 +619,32 @@ def _pillow_bytes(image: Image.Image, fmt: str, metadata: _Metadata, **options: 
     extra: dict[str, object] = {}
     if icc := metadata.icc_for(len(image.getbands())):
         extra["icc_profile"] = icc
-    if metadata.exif:
-        extra["exif"] = metadata.exif
+    exif = _with_user_comment(metadata.exif, metadata.parameters)
+    if exif:
+        extra["exif"] = exif
     if metadata.xmp:
         extra["xmp"] = metadata.xmp
     buffer = BytesIO()
     image.save(buffer, fmt, **options, **extra)
     return buffer.getvalue()
+
+
+_EXIF_IFD = 0x8769
+_USER_COMMENT = 0x9286
+
+
+def _with_user_comment(exif: bytes | None, parameters: str | None) -> bytes | None:
+    """EXIF carrying `parameters` as its UserComment, where Automatic1111 puts them in JPEG and
+    WebP files (UCS-2 text after the "UNICODE" code, as piexif writes it), so its readers and
+    Civitai's find the prompt and seed there too."""
+    if parameters is None:
+        return exif
+    container = Image.Exif()
+    if exif:
+        container.load(exif.removeprefix(_EXIF_PREFIX))
+    ifd = container.get_ifd(_EXIF_IFD)
+    ifd[_USER_COMMENT] = b"UNICODE\x00" + parameters.encode("utf-16-be")
+    return container.tobytes()
 
 
 _TIFF_STRUCTURE_TAGS = frozenset(

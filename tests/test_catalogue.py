@@ -92,14 +92,23 @@ def test_a_downloaded_file_counts_as_installed_only_when_complete(tmp_path):
     assert is_installed(entry, tmp_path)
 
 
-def test_a_hugging_face_model_is_installed_when_its_snapshot_is_cached(tmp_path, monkeypatch):
+def test_a_hugging_face_model_is_installed_when_its_snapshot_is_complete(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     entry = find("sd-turbo")
     assert not is_installed(entry, tmp_path)
 
-    snapshot = tmp_path / "hub" / "models--stabilityai--sd-turbo" / "snapshots" / "abc123"
+    repo = tmp_path / "hub" / "models--stabilityai--sd-turbo"
+    commit = "a" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
-    (snapshot / "model_index.json").write_text("{}")
+    (snapshot / "model_index.json").write_text('{"unet": ["diffusers", "UNet2DConditionModel"]}')
+    (snapshot / "unet").mkdir()
+    (snapshot / "unet" / "config.json").write_text("{}")
+    assert not is_installed(entry, tmp_path)  # the UNet's weights are missing
+
+    (snapshot / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"weights")
     assert is_installed(entry, tmp_path)
 
 

@@ -634,3 +634,45 @@ def test_recovery_leaves_a_live_process_runs_alone_and_fails_them_once_it_is_gon
         assert (dead.status, dead.error) == (Status.FAILED, INTERRUPTED)
         assert not output.exists()
         assert own_lock_only(data)
+
+
+def test_copying_an_input_does_not_hold_the_store(store, tmp_path, monkeypatch):
+    """A large input is copied before the write lock: another process's writes go on meanwhile."""
+    import studio.app.history as history_module
+
+    photo = make_image(tmp_path / "big.png")
+    other = HistoryStore.open_default()  # a second writer, as the CLI beside the window
+    wrote_during_copy = []
+    real_copy = history_module.copy_hashing
+
+    def copy_while_another_writes(source, folder):
+        other_id = other.start("upscale", {"during": "copy"})
+        other.cancel(other_id)
+        wrote_during_copy.append(other_id)
+        return real_copy(source, folder)
+
+    monkeypatch.setattr(history_module, "copy_hashing", copy_while_another_writes)
+    try:
+        entry_id = store.start("upscale", {"input": str(photo)}, [photo])
+    finally:
+        other.close()
+    assert wrote_during_copy
+    stored = store.get(entry_id).inputs[0]
+    assert stored.path.read_bytes() == photo.read_bytes()
+    leftovers = [p for p in (store.data_dir / "inputs").rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_an_input_already_stored_is_not_copied_again(store, tmp_path, monkeypatch):
+    import studio.app.history as history_module
+
+    photo = make_image(tmp_path / "photo.png")
+    store.start("upscale", {}, [photo])
+    copies = []
+    real_copy = history_module.copy_hashing
+    monkeypatch.setattr(
+        history_module, "copy_hashing", lambda s, f: copies.append(s) or real_copy(s, f)
+    )
+    second = store.start("upscale", {}, [photo])
+    assert copies == []
+    assert store.get(second).inputs[0].path.is_file()

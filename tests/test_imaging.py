@@ -719,3 +719,19 @@ def test_file_sha256_matches_hashlib_across_chunks(tmp_path):
     data = bytes(RNG.integers(0, 256, 2_500_000, dtype=np.uint8))
     path = write(tmp_path / "model.bin", data)
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_parameters_go_to_the_exif_user_comment_where_a1111_puts_them(tmp_path, fmt):
+    exif = Image.Exif()
+    exif[0x010F] = "Studio Camera"  # Make: the photo's own EXIF stays
+    picture = Picture(
+        np.full((8, 8, 3), 0.5, np.float32), exif=b"Exif\x00\x00" + exif.tobytes()[6:]
+    )
+    text = "a cat, ünïcode\nSteps: 2, Sampler: Euler, Seed: 5"
+    path = save_picture(picture, tmp_path / f"out.{fmt}", fmt=fmt, parameters=text)
+    written = Image.open(path).getexif()
+    comment = written.get_ifd(0x8769)[0x9286]
+    assert comment[:8] == b"UNICODE\x00"
+    assert comment[8:].decode("utf-16-be") == text
+    assert written[0x010F] == "Studio Camera"

@@ -39,6 +39,7 @@ from studio.app.history_files import (
     fsync_path,
     remove_quietly,
     sha256_of,
+    temp_path_for,
     write_thumbnail,
 )
 from studio.app.history_locks import OwnerLock, new_owner_id, owner_alive, remove_stale_locks
@@ -200,8 +201,27 @@ class HistoryStore:
             if not source.is_file():
                 raise FileNotFoundError(f"input image {source} does not exist")
         hashes = [sha256_of(source) for source in sources]  # outside the lock: may be slow
+        staged = [self._stage_input(s, sha) for s, sha in zip(sources, hashes, strict=True)]
+        try:
+            return self._start_with(tool, request_json, sources, staged, parent_id)
+        finally:
+            for _sha, temp in staged:
+                if temp is not None:
+                    temp.unlink(missing_ok=True)  # not needed: the blob was there already
+
+    def _start_with(
+        self,
+        tool: str,
+        request_json: str,
+        sources: list[Path],
+        staged: list[tuple[str, Path | None]],
+        parent_id: int | None,
+    ) -> int:
         with self.transaction() as db:
-            stored = [self._store_input(db, s, sha) for s, sha in zip(sources, hashes, strict=True)]
+            stored = [
+                self._store_input(db, source, sha, temp)
+                for source, (sha, temp) in zip(sources, staged, strict=True)
+            ]
             if parent_id is None:
                 parent_id = self._parent_of(db, [sha for sha, _ in stored])
             elif not self._exists(db, parent_id):
@@ -458,25 +478,53 @@ class HistoryStore:
     def _relative(self, path: Path) -> str:
         return PurePosixPath(path.relative_to(self.data_dir)).as_posix()
 
-    def _store_input(self, db: sqlite3.Connection, source: Path, sha: str) -> tuple[str, str]:
-        """Reuse the stored copy of these bytes or add one. Runs inside the write transaction:
-        a blob is only ever deleted under the same lock, after checking no row uses it."""
+    def _stage_input(self, source: Path, sha: str) -> tuple[str, Path | None]:
+        """Copy an input beside where its blob goes, before taking the write lock: a large TIFF
+        must not hold the store while other processes wait. None when a blob is already there.
+        Returns the sha of the bytes actually copied (the source may have changed)."""
+        if self._blob_for(sha, source).is_file():
+            return sha, None
+        folder = self._blob_for(sha, source).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        temp, copied_sha = copy_hashing(source, folder)
+        if copied_sha != sha:  # changed since it was hashed: name it by what we copied
+            target = self._blob_for(copied_sha, source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            moved = temp_path_for(target)
+            os.replace(temp, moved)
+            temp = moved
+        return copied_sha, temp
+
+    def _blob_for(self, sha: str, source: Path) -> Path:
+        suffix = source.suffix.lower() if _SUFFIX.fullmatch(source.suffix) else ""
+        return self.data_dir / "inputs" / sha[:2] / f"{sha}{suffix}"
+
+    def _store_input(
+        self, db: sqlite3.Connection, source: Path, sha: str, staged: Path | None
+    ) -> tuple[str, str]:
+        """Reuse the stored copy of these bytes or put the staged copy in place. Runs inside the
+        write transaction: a blob is only ever deleted under the same lock, after checking no row
+        uses it. A staged copy that went missing (another process swept it) is copied again."""
         row = db.execute(
             "SELECT path FROM entry_inputs WHERE sha256 = ? LIMIT 1", (sha,)
         ).fetchone()
         if row is not None and (self.data_dir / row[0]).is_file():
             return sha, row[0]
-        suffix = source.suffix.lower() if _SUFFIX.fullmatch(source.suffix) else ""
-        blob = self.data_dir / "inputs" / sha[:2] / f"{sha}{suffix}"
+        blob = self._blob_for(sha, source)
         if blob.is_file():  # left by a crash before its row committed; complete by construction
             return sha, self._relative(blob)
         blob.parent.mkdir(parents=True, exist_ok=True)
-        temp, copied_sha = copy_hashing(source, blob.parent)
-        if copied_sha != sha:  # the file changed since it was hashed: name it by what we copied
-            sha = copied_sha
-            blob = self.data_dir / "inputs" / sha[:2] / f"{sha}{suffix}"
-            blob.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp, blob)
+        try:
+            if staged is None:
+                raise FileNotFoundError(blob)
+            os.replace(staged, blob)
+        except FileNotFoundError:
+            temp, copied_sha = copy_hashing(source, blob.parent)
+            if copied_sha != sha:
+                sha = copied_sha
+                blob = self._blob_for(sha, source)
+                blob.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, blob)
         fsync_path(blob.parent)
         return sha, self._relative(blob)
 

@@ -19,7 +19,11 @@ from studio.app.context import AppContext
 from studio.app.history import Entry
 from studio.engines.base import CancelCheck, Cancelled, Progress, RunFacts
 from studio.errors import UserError
-from studio.imaging import COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA, save_picture
+from studio.imaging import (
+    COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
+    TRAINED_ALGORITHMIC_MEDIA,
+    save_picture,
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,20 @@ TOOLS: dict[str, Tool] = {
         title="Restore",
         engine_module="studio.engines.restore",
         request_class="RestoreRequest",
+        digital_source_type=COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
+    ),
+    "generate": Tool(
+        name="generate",
+        title="Generate",
+        engine_module="studio.engines.diffusion",
+        request_class="GenerateRequest",
+        digital_source_type=TRAINED_ALGORITHMIC_MEDIA,
+    ),
+    "inpaint": Tool(
+        name="inpaint",
+        title="Inpaint",
+        engine_module="studio.engines.diffusion",
+        request_class="InpaintRequest",
         digital_source_type=COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
     ),
     "grade": Tool(
@@ -112,13 +130,15 @@ def execute(
             return path
 
         provenance = _provenance(entry_id, tool, request, facts)
-        for picture in result.pictures:
+        parameters = getattr(result, "parameters", None) or [None] * len(result.pictures)
+        for picture, picture_parameters in zip(result.pictures, parameters, strict=True):
             save_picture(
                 picture,
                 next_output(SUFFIXES[request.output_format]),
                 fmt=request.output_format,
                 quality=request.quality,
                 provenance=provenance,
+                parameters=picture_parameters,
                 digital_source_type=getattr(
                     result, "digital_source_type", tool.digital_source_type
                 ),

@@ -21,6 +21,7 @@ SETTINGS_VERSION = 1
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 OUTPUT_FORMATS = ("png", "jpeg", "webp", "tiff")
+DIFFUSION_MEMORY_MODES = ("auto", "off", "balanced", "low")  # studio.models.diffusion.MEMORY_MODES
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class Settings:
     jpeg_quality: int = 95
     upscale_model: str = ""  # the model file last used in the Upscale tab
     recent_models: tuple[str, ...] = ()  # model files the user picked, newest first
+    diffusion_model: str = ""  # repo id, folder or checkpoint last used by Generate / Inpaint
+    recent_diffusion_models: tuple[str, ...] = ()  # newest first
+    # GPU memory savers: auto (by free VRAM), off, balanced (attention slicing + VAE tiling),
+    # low (balanced + model CPU offload)
+    diffusion_memory: str = "auto"
 
     def validated(self) -> Settings:
         """Reset out-of-range values to their defaults: a hand-edited file cannot break a run."""
@@ -50,9 +56,14 @@ class Settings:
             fixes["jpeg_quality"] = defaults.jpeg_quality
         if not isinstance(self.upscale_model, str):
             fixes["upscale_model"] = defaults.upscale_model
-        recent = self.recent_models
-        if not isinstance(recent, (list, tuple)) or not all(isinstance(m, str) for m in recent):
-            fixes["recent_models"] = defaults.recent_models
+        for name in ("recent_models", "recent_diffusion_models"):
+            recent = getattr(self, name)
+            if not isinstance(recent, (list, tuple)) or not all(isinstance(m, str) for m in recent):
+                fixes[name] = getattr(defaults, name)
+        if not isinstance(self.diffusion_model, str):
+            fixes["diffusion_model"] = defaults.diffusion_model
+        if self.diffusion_memory not in DIFFUSION_MEMORY_MODES:
+            fixes["diffusion_memory"] = defaults.diffusion_memory
         for name, value in fixes.items():
             log.warning("setting %s=%r is not valid; using %r", name, getattr(self, name), value)
         return replace(self, **fixes)
@@ -62,6 +73,12 @@ def with_recent_model(settings: Settings, path: str, keep: int = 12) -> Settings
     """Put `path` first in the recent models and remember it as the Upscale tab's choice."""
     recent = (path, *(m for m in settings.recent_models if m != path))[:keep]
     return replace(settings, recent_models=recent, upscale_model=path)
+
+
+def with_recent_diffusion_model(settings: Settings, reference: str, keep: int = 12) -> Settings:
+    """Put `reference` first in the recent diffusion models; Generate and Inpaint start with it."""
+    recent = (reference, *(m for m in settings.recent_diffusion_models if m != reference))[:keep]
+    return replace(settings, recent_diffusion_models=recent, diffusion_model=reference)
 
 
 def settings_path() -> Path:
@@ -84,8 +101,9 @@ def load_settings(path: Path | None = None) -> Settings:
     known = {f.name for f in fields(Settings)}
     stored = data.get("settings")
     values = {k: v for k, v in stored.items() if k in known} if isinstance(stored, dict) else {}
-    if isinstance(values.get("recent_models"), list):
-        values["recent_models"] = tuple(values["recent_models"])
+    for name in ("recent_models", "recent_diffusion_models"):
+        if isinstance(values.get(name), list):
+            values[name] = tuple(values[name])
     return Settings(**values).validated()
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -30,6 +29,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from studio.errors import UserError
+from studio.models.hub import cached_repo
 from studio.models.shipped import shipped_upscalers
 
 TOOLS = ("upscale", "restore", "generate", "inpaint")
@@ -123,26 +123,11 @@ def is_installed(entry: CatalogueEntry, models_dir: Path) -> bool:
     if source.kind == "shipped":
         return Path(source.location).is_file()
     if source.kind == "hf_repo":
-        return _in_hf_cache(source.location)
+        return cached_repo(source.location, allow_patterns=source.files) is not None
     file = Path(models_dir) / (source.file_name or "")
     if not file.is_file():
         return False
     return entry.size is None or file.stat().st_size == entry.size
-
-
-def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache, found the way huggingface_hub finds it."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    hf_home = os.environ.get("HF_HOME") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "huggingface"
-    )
-    return Path(hf_home).expanduser() / "hub"
-
-
-def _in_hf_cache(repo: str) -> bool:
-    snapshots = hf_cache_dir() / f"models--{repo.replace('/', '--')}" / "snapshots"
-    return snapshots.is_dir() and any(snapshots.glob("*/model_index.json"))
 
 
 # --- Reading -----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QThreadPool
+from PySide6.QtCore import Qt, QThreadPool, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
@@ -23,10 +23,14 @@ from studio.app.context import AppContext
 from studio.app.jobs import Job, JobSnapshot
 from studio.app.runs import TOOLS, execute, request_from_entry
 from studio.errors import UserError
+from studio.models.library import ModelLibrary
 from studio.ui.entry_viewer import EntryViewer
+from studio.ui.generate_tab import GenerateTab
 from studio.ui.grade_tab import GradeTab
 from studio.ui.history_panel import HistoryPanel
+from studio.ui.inpaint_tab import InpaintTab
 from studio.ui.jobs import JobsWidget, QtJobs
+from studio.ui.models_dialog import ModelsDialog
 from studio.ui.notifications import NotificationBar
 from studio.ui.settings_dialog import SettingsDialog
 from studio.ui.tool_tab import IMAGE_SUFFIXES, ToolTab
@@ -36,14 +40,22 @@ log = logging.getLogger(__name__)
 
 
 class MainWindow(QMainWindow):
+    # A model was downloaded, imported or removed: tabs refresh their model pickers.
+    modelsChanged = Signal()
+
     def __init__(self, ctx: AppContext) -> None:
         super().__init__()
         self.ctx = ctx
+        self.models = ModelLibrary(ctx.dirs)
+        self.models_dialog: ModelsDialog | None = None
         self.setWindowTitle("Studio")
         self.resize(1400, 880)
         self.jobs = QtJobs(ctx.jobs, self)
         self.notifications = NotificationBar()
-        self.tool_tabs: dict[str, ToolTab] = {"upscale": UpscaleTab(self), "grade": GradeTab(self)}
+        self.tool_tabs: dict[str, ToolTab] = {
+            tab.tool: tab
+            for tab in (GenerateTab(self), InpaintTab(self), UpscaleTab(self), GradeTab(self))
+        }
         self.tabs = QTabWidget()
         for tab in self.tool_tabs.values():
             self.tabs.addTab(tab, tab.title)
@@ -55,7 +67,9 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.history_panel = HistoryPanel(ctx.history)
-        self.history_panel.set_send_targets([tab.title for tab in self.tool_tabs.values()])
+        self.history_panel.set_send_targets(
+            [tab.title for tab in self.tool_tabs.values() if tab.accepts_images]
+        )
         self.history_panel.rerunRequested.connect(self.rerun)
         self.history_panel.sendRequested.connect(self.send_to)
         self.history_dock = QDockWidget("History", self)
@@ -78,6 +92,9 @@ class MainWindow(QMainWindow):
         file_menu = self.menuBar().addMenu("&File")
         self._action(file_menu, "&Open image…", QKeySequence.StandardKey.Open, self.open_image)
         self._action(file_menu, "&Settings…", QKeySequence("Ctrl+,"), self.edit_settings)
+        self.models_action = self._action(
+            file_menu, "&Models…", QKeySequence("Ctrl+Shift+M"), self.open_models
+        )
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", QKeySequence.StandardKey.Quit, self.close)
         run_menu = self.menuBar().addMenu("&Run")
@@ -132,6 +149,18 @@ class MainWindow(QMainWindow):
         if dialog.exec():
             self.ctx.update_settings(dialog.settings())
             self.refresh_device()
+
+    def open_models(self, tool: str | None = None) -> ModelsDialog:
+        """Show the Models dialog (one per window, kept while downloads run), on `tool`."""
+        if self.models_dialog is None:
+            self.models_dialog = ModelsDialog(self.models, self)
+            self.models_dialog.modelsChanged.connect(self.modelsChanged)
+        if tool:
+            self.models_dialog.show_tool(tool)
+        self.models_dialog.refresh()
+        self.models_dialog.show()
+        self.models_dialog.raise_()
+        return self.models_dialog
 
     def submit(
         self, request: Any, *, title: str, parent_id: int | None = None, on_finished=None
@@ -218,6 +247,8 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.ctx.jobs.cancel_all()
+        if self.models_dialog is not None:
+            self.models_dialog.cancel()  # a download stops at its next chunk
         self.ctx.jobs.wait_idle(timeout=30)
         self.jobs.detach()
         # Background readers (model info, colour samples, heat maps) signal this window when
@@ -229,9 +260,16 @@ class MainWindow(QMainWindow):
 
 
 def _describe_device(preference: str) -> str:
+    """Runs on a worker thread at start-up; it also imports the engines' heavy libraries there,
+    so that the first click on Run does not freeze the window while they load (spandrel
+    alone takes about a second)."""
     from studio.models.device import describe_device, resolve_device
 
     try:
-        return describe_device(resolve_device(preference))
+        description = describe_device(resolve_device(preference))
     except Exception as exc:  # an unavailable explicit choice: say so, runs will fail clearly
         return f"{preference}: {exc}"
+    import studio.engines.grade
+    import studio.engines.upscale  # noqa: F401
+
+    return description

@@ -1,9 +1,12 @@
 """The README's pictures of the main window: real photos upscaled and graded in a real window.
 
-    xvfb-run -a python -m studio.ui.screenshot docs/   [--model FILE]
+    xvfb-run -a python -m studio.ui.screenshot docs/   [--model FILE] [--diffusion-model PATH]
 
-Writes main-window.png (Upscale tab, built-in model) and grade-tab.png (a reference match). Runs on
-a throw-away STUDIO_HOME so it never touches the user's history.
+Writes main-window.png (Upscale tab, built-in model), grade-tab.png (a reference match), and with a
+diffusion model generate-tab.png (a prompt and its image) and inpaint-tab.png (a mask painted on a
+photo). `make screenshot` passes the tiny random-weight test pipeline, whose pictures are noise: the
+shots show the controls, not what a trained model paints. Runs on a throw-away STUDIO_HOME so it
+never touches the user's history.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--model", type=Path, default=None, help="default: the built-in x4")
+    parser.add_argument(
+        "--diffusion-model", default="", help="repo id, diffusers folder or checkpoint"
+    )
     args = parser.parse_args(argv)
     if not PHOTOS.is_dir():
         print("needs sample photos: apt-get install mate-backgrounds", file=sys.stderr)
@@ -63,9 +69,35 @@ def main(argv: list[str] | None = None) -> int:
     plots = (grade.source_plot, grade.reference_plot, grade.result_plot)
     _wait(app, lambda: all(plot.samples() is not None for plot in plots), timeout_s=30)
     _save(app, window, args.folder / "grade-tab.png")
+    if args.diffusion_model:
+        _generate_and_inpaint(app, window, args.diffusion_model, home, args.folder)
     window.close()
     ctx.close()
     return 0
+
+
+def _generate_and_inpaint(app, window, model: str, home: Path, folder: Path) -> None:
+    from PySide6.QtCore import QPointF
+
+    generate = window.tool_tabs["generate"]
+    window.tabs.setCurrentWidget(generate)
+    controls = generate.controls
+    controls.picker.choose(model)
+    _wait(app, lambda: controls.family is not None or bool(window.notifications.text()))
+    controls.prompt.setPlainText("a ceramic mug on a linen tablecloth, soft morning light")
+    controls.negative.setPlainText("blurry, text")
+    controls.seed.setValue(1234)
+    controls.seed_lock.setChecked(True)
+    _run(app, window, generate.run)
+    _save(app, window, folder / "generate-tab.png")
+
+    inpaint = window.tool_tabs["inpaint"]
+    window.tabs.setCurrentWidget(inpaint)
+    inpaint.open_image(_crop(PHOTOS / "Garden.jpg", home / "garden.png", 900, (0.5, 0.5), 2))
+    inpaint.controls.prompt.setPlainText("a bumblebee resting on the petal")
+    inpaint.canvas.set_brush_size(48)
+    inpaint.canvas.paint_stroke([QPointF(180, 300), QPointF(260, 320), QPointF(300, 300)])
+    _save(app, window, folder / "inpaint-tab.png")
 
 
 def _crop(

@@ -1,4 +1,5 @@
-"""Settings: compute device and precision, default tile size, output format and quality."""
+"""Settings: compute device and precision, default tile size, diffusion memory mode, output format
+and quality."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ from dataclasses import replace
 
 from PySide6.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QFormLayout, QSpinBox, QWidget
 
-from studio.app.settings import DEVICES, OUTPUT_FORMATS, PRECISIONS, Settings
+from studio.app.settings import (
+    DEVICES,
+    DIFFUSION_MEMORY_MODES,
+    OUTPUT_FORMATS,
+    PRECISIONS,
+    Settings,
+)
 from studio.ui.upscale_tab import snap_tile
 
 
@@ -22,6 +29,14 @@ class SettingsDialog(QDialog):
         self.tile = QSpinBox(minimum=0, maximum=4096, singleStep=32)
         self.tile.setSpecialValueText("Automatic (from free memory)")
         self.tile.setValue(settings.tile_size)
+        self.diffusion_memory = _combo(DIFFUSION_MEMORY_MODES, settings.diffusion_memory)
+        self.diffusion_memory.setToolTip(
+            "How Generate and Inpaint save GPU memory:\n"
+            "auto — decided from free GPU memory when a model loads\n"
+            "off — everything on the GPU (fastest, needs the most memory)\n"
+            "balanced — attention slicing and VAE tiling (a little slower)\n"
+            "low — balanced plus model CPU offload (slowest, for small GPUs)"
+        )
         self.output_format = _combo(OUTPUT_FORMATS, settings.output_format)
         self.quality = QSpinBox(minimum=1, maximum=100)
         self.quality.setValue(settings.jpeg_quality)
@@ -34,6 +49,7 @@ class SettingsDialog(QDialog):
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
         form.addRow("Default tile size", self.tile)
+        form.addRow("Diffusion memory", self.diffusion_memory)
         form.addRow("Output format", self.output_format)
         form.addRow("JPEG / WebP quality", self.quality)
         form.addRow(buttons)
@@ -44,6 +60,7 @@ class SettingsDialog(QDialog):
             device=self.device.currentText(),
             precision=self.precision.currentText(),
             tile_size=snap_tile(self.tile.value()),
+            diffusion_memory=self.diffusion_memory.currentText(),
             output_format=self.output_format.currentText(),
             jpeg_quality=self.quality.value(),
         )

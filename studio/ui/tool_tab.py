@@ -22,6 +22,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 class ToolTab(QWidget):
     tool = ""
     title = ""
+    accepts_images = True  # whether history outputs can be sent to it
 
     def __init__(self, window: MainWindow) -> None:
         super().__init__()

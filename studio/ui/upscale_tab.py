@@ -29,12 +29,14 @@ from superqt.utils import create_worker
 from studio.app.jobs import Job, JobSnapshot, JobState
 from studio.app.runs import describe_error
 from studio.app.settings import OUTPUT_FORMATS, with_recent_model
+from studio.models.library import LibraryError
 from studio.models.shipped import shipped_upscalers
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
 from studio.ui.tool_tab import ToolTab
 
 MIN_TILE = 32  # the tiler's smallest tile (studio.engines.tiling.MIN_TILE, which imports torch)
+GET_MORE = "studio:get-more-models"  # the picker's last entry opens the Models dialog
 MODEL_FILTER = "Upscaler models (*.pth *.pt *.safetensors *.ckpt);;All files (*)"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp);;All files (*)"
 
@@ -48,16 +50,14 @@ class UpscaleTab(ToolTab):
         self.input_path: Path | None = None
         self.parent_id: int | None = None
         self.model_info: Any = None
+        self._model_path: str | None = None  # the chosen model file, whatever the picker shows
         self._jobs: dict[int, str] = {}  # job id -> model name
         self._compare_jobs: set[int] = set()
         self._compared_entry: int | None = None  # a finished run of the current comparison
         self._build()
         settings = window.ctx.settings
-        for model in shipped_upscalers():
-            self._add_model_item(str(model), f"{model.stem} (built in)")
-        for model in settings.recent_models:
-            if Path(model).is_file():
-                self._add_model_item(model)
+        self.refresh_models()
+        window.modelsChanged.connect(self.refresh_models)
         chosen = Path(settings.upscale_model) if settings.upscale_model else None
         if chosen is None or not chosen.is_file():
             chosen = next(iter(shipped_upscalers()), None)  # works out of the box
@@ -149,6 +149,7 @@ class UpscaleTab(ToolTab):
     def set_model(self, path: Path) -> None:
         """Select a model file; its architecture and scale are read off the GUI thread."""
         path = Path(path)
+        self._model_path = str(path)
         self._add_model_item(str(path))
         self.model_combo.setCurrentIndex(self.model_combo.findData(str(path)))
         self.model_info = None
@@ -162,6 +163,39 @@ class UpscaleTab(ToolTab):
                 "errored": lambda exc, p=str(path): self._model_failed(p, exc),
             },
         )
+
+    def refresh_models(self) -> None:
+        """List the library's installed upscalers, then recently browsed files, then
+        "Get more…"; the chosen model stays chosen while its file exists."""
+        current = self._model_path
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        try:
+            items = self.window_.models.installed("upscale")
+        except LibraryError as exc:
+            self.window_.notifications.error(str(exc))
+            items = []
+        for item in items:
+            label = f"{item.name} (built in)" if item.origin == "shipped" else item.name
+            self._add_model_item(str(item.path), label)
+        for model in self.window_.ctx.settings.recent_models:
+            if Path(model).is_file():
+                self._add_model_item(model)
+        self.model_combo.insertSeparator(self.model_combo.count())
+        self.model_combo.addItem("Get more…", GET_MORE)
+        self.model_combo.setItemData(
+            self.model_combo.count() - 1,
+            "Download, import or remove models",
+            Qt.ItemDataRole.ToolTipRole,
+        )
+        if current and Path(current).is_file():
+            self._add_model_item(current)
+        self.model_combo.setCurrentIndex(self.model_combo.findData(current) if current else -1)
+        self.model_combo.blockSignals(False)
+        if current and self.model_combo.currentData() != current:
+            self.model_info = self._model_path = None  # its file was removed
+            self.model_label.setText("The model was removed; choose another.")
+            self._sync_enabled()
 
     def _model_inspected(self, path: str, info: Any) -> None:
         if self.model_combo.currentData() != path:
@@ -184,14 +218,21 @@ class UpscaleTab(ToolTab):
         self._sync_enabled()
 
     def _add_model_item(self, path: str, label: str | None = None) -> None:
-        if self.model_combo.findData(path) < 0:
-            self.model_combo.addItem(label or Path(path).name, path)
-            self.model_combo.setItemData(
-                self.model_combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole
-            )
+        """Add a model to the picker, above the "Get more…" entry once that is there."""
+        if self.model_combo.findData(path) >= 0:
+            return
+        get_more = self.model_combo.findData(GET_MORE)
+        index = self.model_combo.count() if get_more < 0 else get_more - 1  # before the line
+        self.model_combo.insertItem(index, label or Path(path).name, path)
+        self.model_combo.setItemData(index, path, Qt.ItemDataRole.ToolTipRole)
 
     def _model_chosen(self, index: int) -> None:
-        self.set_model(Path(self.model_combo.itemData(index)))
+        data = self.model_combo.itemData(index)
+        if data == GET_MORE:
+            self.model_combo.setCurrentIndex(self.model_combo.findData(self._model_path))
+            self.window_.open_models("upscale")
+            return
+        self.set_model(Path(data))
 
     def _choose_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose an upscaler model", "", MODEL_FILTER)

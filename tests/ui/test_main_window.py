@@ -51,6 +51,7 @@ def window(qtbot):
 
 def choose(window: MainWindow, qtbot, photo: Path, model: Path):
     tab = window.tool_tabs["upscale"]
+    window.tabs.setCurrentWidget(tab)
     tab.open_image(photo)
     tab.set_model(model)
     qtbot.waitUntil(lambda: tab.model_info is not None, timeout=20_000)
@@ -194,6 +195,7 @@ def test_status_bar_names_the_compute_device(window, qtbot):
 
 def test_the_built_in_upscaler_is_chosen_on_a_fresh_install(window, qtbot, photo):
     tab = window.tool_tabs["upscale"]
+    window.tabs.setCurrentWidget(tab)
     assert "built in" in tab.model_combo.currentText()
     qtbot.waitUntil(lambda: tab.model_info is not None, timeout=20_000)
     tab.open_image(photo)
