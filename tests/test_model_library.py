@@ -24,7 +24,7 @@ from tiny_models import make_compact, make_esrgan
 
 from studio.models import hub
 from studio.models.library import LibraryError, ModelLibrary
-from studio.models.shipped import shipped_upscalers
+from studio.models.shipped import shipped_restorers, shipped_upscalers
 from studio.paths import user_dirs
 
 
@@ -66,7 +66,9 @@ def test_a_fresh_library_lists_shipped_models_as_installed_and_the_catalogue_as_
     assert {"sd-turbo", "sdxl-turbo", "stable-diffusion-inpainting"} <= set(diffusion)
     assert diffusion["sd-turbo"].non_commercial and diffusion["sd-turbo"].kind == "hf_repo"
     assert diffusion["sd-turbo"].location == "stabilityai/sd-turbo"
-    assert library.disk_use() == sum(path.stat().st_size for path in shipped)
+    restorers = shipped_restorers()
+    assert [item.name for item in library.installed("restore")] == [p.stem for p in restorers]
+    assert library.disk_use() == sum(path.stat().st_size for path in [*shipped, *restorers])
 
 
 def test_importing_in_place_records_the_file_and_removing_it_keeps_the_file(library, upscaler_file):

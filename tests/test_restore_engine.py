@@ -182,6 +182,21 @@ def test_cancel_before_the_first_tile_raises_cancelled(tmp_path, vae):
         run(RestoreRequest(str(photo(tmp_path)), str(vae), device="cpu"), cancelled=lambda: True)
 
 
+def test_a_diffusion_model_can_repaint_the_damage_mask(tmp_path, vae, diffusion_models, hf_cache):
+    path = photo(tmp_path, 64, 64)
+    mask = np.zeros((64, 64), bool)
+    mask[20:30, 10:50] = True
+    options = dict(fix_scratches=True, mask_path=str(mask_file(tmp_path, mask)), seed=3)
+    decoder = restore(path, vae, **options)
+    model = str(diffusion_models["inpaint_folder"])
+    repainted = restore(path, vae, inpaint_model=model, inpaint_steps=2, **options)
+    assert repainted.facts.extra["filled_by"] == model
+    assert decoder.facts.extra["filled_by"] == "decoder"
+    a, b = decoder.pictures[0].pixels, repainted.pictures[0].pixels
+    np.testing.assert_array_equal(a[~mask], b[~mask])
+    assert np.abs(a[mask] - b[mask]).max() > 2 / 255
+
+
 # -- bad inputs -------------------------------------------------------------------------------
 
 
@@ -283,6 +298,8 @@ def test_request_round_trips_through_its_dict(tmp_path):
         {"device": "tpu"},
         {"precision": "fp8"},
         {"mask_path": "m.png"},  # a mask without fixing scratches
+        {"inpaint_model": "sd-inpainting"},  # a diffusion fill without fixing scratches
+        {"inpaint_steps": 0, "fix_scratches": True},
     ],
 )
 def test_invalid_requests_are_refused_with_an_engine_error(change):

@@ -17,6 +17,9 @@ spread with the spread between variations. Then: denoise level (how much of the 
 change outside the mask to keep), colour-cast correction (per-channel levels measured on the
 whole result, so it does not depend on tiling) and strength (blend with the original).
 
+With a diffusion inpainting model named in the request, the damage mask is repainted by it
+(`studio.engines.diffusion`) on top of the decoder's fill; the pixels outside stay the VAE's.
+
 Any scale-1 model spandrel reads (SCUNet, NAFNet, FBCNN, DRUNet, GFPGAN, RestoreFormer, ...) runs
 through the same loading path as the upscalers; detection, filling and variations need the VAE.
 """
@@ -70,6 +73,11 @@ class RestoreRequest(Request):
     fix_scratches: bool = False
     mask_path: str | None = None  # white = fill; None = the detected damage
     colour_correction: bool = False
+    # A diffusion inpainting model (Hugging Face repo id, diffusers folder or checkpoint) that
+    # repaints the damage mask over the decoder's fill; None = the VAE's decoder alone.
+    inpaint_model: str | None = None
+    inpaint_prompt: str = "a restored old photograph, natural detail"
+    inpaint_steps: int = 25
     tile: int = 0  # 0 = automatic
     seed: int = 0
     variations: int = 1  # pictures: the posterior mean, then samples
@@ -91,6 +99,12 @@ class RestoreRequest(Request):
                 raise EngineError(f"{name} must be a file path or empty.")
         if self.mask_path and not self.fix_scratches:
             raise EngineError("a damage mask is only used to fix scratches; turn that on.")
+        if self.inpaint_model is not None:
+            if not isinstance(self.inpaint_model, str) or not self.inpaint_model:
+                raise EngineError("inpaint_model must be a model name, folder or file, or empty.")
+            if not self.fix_scratches:
+                raise EngineError("a diffusion model fills scratches; turn fixing them on.")
+        _check_whole(self.inpaint_steps, "inpaint_steps", 1, 150)
         for name in ("strength", "denoise"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value <= 1:
@@ -150,6 +164,7 @@ class RestoreResult:
     uncertainty: np.ndarray | None = None  # (H, W) standard deviation, [0, 1] units
     damage_mask: np.ndarray | None = None  # (H, W) bool: the pixels filled
     notes: tuple[str, ...] = ()
+    filled_by: str | None = None  # "decoder", or the diffusion model that repainted the mask
 
     @property
     def pictures(self) -> list[Picture]:
@@ -182,6 +197,7 @@ class RestoreResult:
         }
         if self.damage_mask is not None:
             extra["damage_fraction"] = round(float(self.damage_mask.mean()), 5)
+            extra["filled_by"] = self.filled_by
         if self.uncertainty is not None:
             extra["mean_uncertainty"] = round(float(self.uncertainty.mean()), 5)
         if self.notes:
@@ -236,6 +252,15 @@ def run(
         tile = request.tile or max(auto_tile(info, device, choice.dtype), MIN_TILE)
         restorer = _restorer_for(model, info, request)
         outcome = restorer(model, info, picture, mask, request, tile, progress, cancelled)
+    filled_by = "decoder" if outcome.damage_mask is not None else None
+    if request.inpaint_model and outcome.damage_mask is not None and outcome.damage_mask.any():
+        outcome.restored = [
+            _fill_with_diffusion(
+                restored, outcome.damage_mask, request, k, progress, cancelled, cache
+            )
+            for k, restored in enumerate(outcome.restored)
+        ]
+        filled_by = request.inpaint_model
     colour, alpha = _split_alpha(picture.pixels)
     finals = []
     levels = colour_levels(outcome.restored[0]) if request.colour_correction else None
@@ -257,7 +282,48 @@ def run(
         uncertainty=outcome.uncertainty,
         damage_mask=outcome.damage_mask,
         notes=outcome.notes,
+        filled_by=filled_by,
     )
+
+
+def _fill_with_diffusion(
+    restored: np.ndarray,
+    mask: np.ndarray,
+    request: RestoreRequest,
+    variation: int,
+    progress: Progress,
+    cancelled: CancelCheck,
+    cache: Any | None,
+) -> np.ndarray:
+    """The damage repainted by a diffusion inpainting model, starting from the decoder's fill;
+    every pixel outside the mask stays the VAE's."""
+    import tempfile
+
+    from studio.engines import diffusion
+
+    def report(fraction: float, message: str, preview: Any | None = None) -> None:
+        progress(0.95, f"Diffusion fill · {message}")
+
+    with tempfile.TemporaryDirectory(prefix="studio-restore-") as folder:
+        image_path = Path(folder) / "restored.png"
+        mask_path = Path(folder) / "mask.png"
+        save_picture(picture_from_array(restored, bit_depth=16), image_path, fmt="png")
+        save_picture(picture_from_array(mask.astype(np.uint8) * 255), mask_path, fmt="png")
+        inpaint = diffusion.InpaintRequest(
+            image_path=str(image_path),
+            mask_path=str(mask_path),
+            model=str(request.inpaint_model),
+            prompt=request.inpaint_prompt,
+            steps=request.inpaint_steps,
+            mask_blur=0,
+            seed=(request.seed + variation) % (MAX_SEED + 1),
+            device=request.device,
+            precision=request.precision,
+        )
+        result = diffusion.run(inpaint, progress=report, cancelled=cancelled, cache=cache)
+    filled = result.pictures[0].pixels
+    filled = filled[..., :3] if restored.shape[2] == 3 else filled[..., :1]
+    return np.where(mask[..., None], filled, restored).astype(np.float32)
 
 
 def _default_model() -> str:

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 from studio.errors import UserError
 from studio.models.hub import cached_repo
-from studio.models.shipped import shipped_upscalers
+from studio.models.shipped import shipped_restorers, shipped_upscalers
 
 TOOLS = ("upscale", "restore", "generate", "inpaint")
 SOURCE_KINDS = ("url", "hf_repo", "page", "shipped")
@@ -149,11 +149,29 @@ def _shipped_entry(path: Path, size: int, mtime_ns: int) -> CatalogueEntry:
     )
 
 
+@cache
+def _shipped_restorer_entry(path: Path, size: int, mtime_ns: int) -> CatalogueEntry:
+    return CatalogueEntry(
+        name=path.stem,
+        tool="restore",
+        family="Studio restoration VAE",
+        source=Source("shipped", str(path)),
+        size=size,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        licence=f"Studio's own; data and licences in its model card ({path.stem}.md)",
+        non_commercial=False,
+        description="Studio's built-in old-photo restorer: grain, scratches, dust; no download.",
+    )
+
+
 def _shipped_entries() -> list[CatalogueEntry]:
     entries = []
     for path in shipped_upscalers():
         stat = path.stat()
         entries.append(_shipped_entry(path, stat.st_size, stat.st_mtime_ns))
+    for path in shipped_restorers():
+        stat = path.stat()
+        entries.append(_shipped_restorer_entry(path, stat.st_size, stat.st_mtime_ns))
     return entries
 
 

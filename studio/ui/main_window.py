@@ -32,6 +32,7 @@ from studio.ui.inpaint_tab import InpaintTab
 from studio.ui.jobs import JobsWidget, QtJobs
 from studio.ui.models_dialog import ModelsDialog
 from studio.ui.notifications import NotificationBar
+from studio.ui.restore_tab import RestoreTab
 from studio.ui.settings_dialog import SettingsDialog
 from studio.ui.tool_tab import IMAGE_SUFFIXES, ToolTab
 from studio.ui.upscale_tab import UpscaleTab
@@ -54,7 +55,13 @@ class MainWindow(QMainWindow):
         self.notifications = NotificationBar()
         self.tool_tabs: dict[str, ToolTab] = {
             tab.tool: tab
-            for tab in (GenerateTab(self), InpaintTab(self), UpscaleTab(self), GradeTab(self))
+            for tab in (
+                GenerateTab(self),
+                InpaintTab(self),
+                UpscaleTab(self),
+                RestoreTab(self),
+                GradeTab(self),
+            )
         }
         self.tabs = QTabWidget()
         for tab in self.tool_tabs.values():

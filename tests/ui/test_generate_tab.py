@@ -58,10 +58,9 @@ def scheduler_names(tab: GenerateTab) -> list[str]:
     return [combo.itemData(i) for i in range(combo.count())]
 
 
-def test_generate_is_the_first_tab_and_inpaint_upscale_grade_follow(window):
+def test_generate_is_the_first_tab_and_inpaint_upscale_restore_grade_follow(window):
     titles = [window.tabs.tabText(i) for i in range(window.tabs.count())]
-    assert titles[0] == "Generate"
-    assert titles[-2:] == ["Upscale", "Grade"]
+    assert titles == ["Generate", "Inpaint", "Upscale", "Restore", "Grade"]
     assert window.tabs.currentWidget() is window.tool_tabs["generate"]
 
 
@@ -74,7 +73,7 @@ def test_an_image_opened_on_generate_goes_to_inpaint_and_history_sends_skip_gene
     assert window.tabs.currentWidget() is window.tool_tabs["inpaint"]
     assert window.tool_tabs["inpaint"].input_path == photo
     targets = [action.text() for action in window.history_panel.send_menu.actions()]
-    assert targets == ["Inpaint", "Upscale", "Grade"]
+    assert targets == ["Inpaint", "Upscale", "Restore", "Grade"]
 
 
 def test_without_a_model_the_tab_says_what_to_do_instead_of_failing(window, tab):

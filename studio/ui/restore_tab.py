@@ -1,0 +1,459 @@
+"""The Restore tab: an old photo, Studio's restoration VAE (or a user's model), the result.
+
+Builds a RestoreRequest from the widgets and hands it to the main window's queue. Three views:
+the result beside its input (a before/after split, with a choice of the variations), the damage
+mask painted over the photo (the detected scratches and dust appear there after a run; paint or
+erase, and the next run fills exactly that mask), and the per-pixel uncertainty map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QLabeledDoubleSlider, QLargeIntSpinBox
+from superqt.utils import create_worker
+
+from studio.app.jobs import Job, JobSnapshot, JobState
+from studio.app.runs import describe_error
+from studio.app.settings import OUTPUT_FORMATS, with_recent_model
+from studio.errors import UserError
+from studio.imaging import load_picture, picture_from_array, save_picture
+from studio.models.library import LibraryError
+from studio.models.shipped import shipped_restorers
+from studio.ui.convert import load_qimage, qimage_from_array
+from studio.ui.image_view import ImageView
+from studio.ui.mask_canvas import MaskCanvas, MaskToolbar
+from studio.ui.tool_tab import ToolTab
+
+MIN_TILE = 64  # the engine's smallest restore tile (studio.engines.restore.MIN_TILE)
+MAX_SEED = 2**32 - 1
+MAX_VARIATIONS = 8
+MODEL_FILTER = "Restoration models (*.pth *.pt *.safetensors *.ckpt);;All files (*)"
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp);;All files (*)"
+
+
+class RestoreTab(ToolTab):
+    tool = "restore"
+    title = "Restore"
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.input_path: Path | None = None
+        self.parent_id: int | None = None
+        self.model_info: Any = None
+        self.result_paths: list[Path] = []  # the restored photo, then its variations
+        self._jobs: dict[int, str] = {}  # job id -> model name
+        self._build()
+        self.refresh_models()
+        window.modelsChanged.connect(self.refresh_models)
+        first = next(iter(shipped_restorers()), None)  # works out of the box
+        if first is not None:
+            self.set_model(first)
+        self._sync_enabled()
+
+    # -- layout ---------------------------------------------------------------------------
+    def _build(self) -> None:
+        settings = self.window_.ctx.settings
+        self.open_button = QPushButton("Open image…")
+        self.open_button.clicked.connect(self._choose_image)
+        self.input_label = QLabel("No photo — open one or drop it here")
+        self.input_label.setWordWrap(True)
+        self.model_combo = QComboBox()
+        self.model_combo.setMinimumContentsLength(18)
+        self.model_combo.setPlaceholderText("Choose a model file…")
+        self.model_combo.activated.connect(self._model_chosen)
+        self.browse_button = QPushButton("Browse…")
+        self.browse_button.clicked.connect(self._choose_model)
+        self.model_label = QLabel("Studio's VAE, or SCUNet, NAFNet, FBCNN, DRUNet, GFPGAN, …")
+        self.model_label.setWordWrap(True)
+        self.strength_slider = _fraction_slider(1.0, "Blend with the original: 0 = unchanged")
+        self.denoise_slider = _fraction_slider(
+            1.0, "How much grain and noise to remove (0 keeps the grain; scratches still fill)"
+        )
+        self.scratches_check = QCheckBox("Fix scratches and dust")
+        self.scratches_check.setChecked(True)
+        self.scratches_check.setToolTip(
+            "Fill the damage mask: detected on the first run, then as you paint it"
+        )
+        self.inpaint_edit = QLineEdit()
+        self.inpaint_edit.setPlaceholderText("the VAE's decoder")
+        self.inpaint_edit.setToolTip(
+            "Optional: a diffusion inpainting model (Hugging Face id, diffusers folder or "
+            "checkpoint) that repaints the damage mask over the decoder's fill"
+        )
+        self.colour_check = QCheckBox("Correct fading and colour cast")
+        self.tile_spin = QSpinBox(minimum=0, maximum=4096, singleStep=64)
+        self.tile_spin.setSpecialValueText("Automatic")
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setValue(settings.tile_size)
+        self.seed_spin = QLargeIntSpinBox()
+        self.seed_spin.setRange(0, MAX_SEED)
+        self.seed_spin.setToolTip("The same seed and settings draw the same variations")
+        self.dice_button = QToolButton()
+        self.dice_button.setText("⚄")
+        self.dice_button.setToolTip("Pick a random seed")
+        self.dice_button.clicked.connect(self.roll_seed)
+        self.variations_spin = QSpinBox(minimum=1, maximum=MAX_VARIATIONS)
+        self.variations_spin.setToolTip(
+            "Pictures to make: the best guess, then alternatives drawn from the VAE's posterior"
+        )
+        self.format_combo = QComboBox()
+        self.format_combo.addItems(OUTPUT_FORMATS)
+        self.format_combo.setCurrentText(settings.output_format)
+        self.quality_spin = QSpinBox(minimum=1, maximum=100)
+        self.quality_spin.setValue(settings.jpeg_quality)
+        self.run_button = QPushButton("Restore")
+        self.run_button.setToolTip("Restore the photo (Ctrl+Enter)")
+        self.run_button.setDefault(True)
+        self.run_button.clicked.connect(self.run)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.browse_button)
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.seed_spin, 1)
+        seed_row.addWidget(self.dice_button)
+        form = QFormLayout()
+        form.addRow(self.open_button)
+        form.addRow(self.input_label)
+        form.addRow("Model", model_row)
+        form.addRow(self.model_label)
+        form.addRow("Strength", self.strength_slider)
+        form.addRow("Denoise", self.denoise_slider)
+        form.addRow(self.scratches_check)
+        form.addRow("Fill with", self.inpaint_edit)
+        form.addRow(self.colour_check)
+        form.addRow("Variations", self.variations_spin)
+        form.addRow("Seed", seed_row)
+        form.addRow("Tile", self.tile_spin)
+        form.addRow("Format", self.format_combo)
+        form.addRow("Quality", self.quality_spin)
+        controls = QWidget()
+        column = QVBoxLayout(controls)
+        column.addLayout(form)
+        column.addWidget(self.run_button)
+        column.addWidget(self.status)
+        column.addStretch(1)
+        controls.setMaximumWidth(340)
+
+        self.view = ImageView(placeholder="Drop an old photo here")
+        self.variation_combo = QComboBox()
+        self.variation_combo.setToolTip("Which restoration the split view shows")
+        self.variation_combo.currentIndexChanged.connect(self._show_variation)
+        compare = QWidget()
+        compare_column = QVBoxLayout(compare)
+        compare_column.setContentsMargins(0, 0, 0, 0)
+        compare_column.addWidget(self.variation_combo)
+        compare_column.addWidget(self.view, 1)
+        self.mask_canvas = MaskCanvas(placeholder="Open a photo to paint its damage mask")
+        self.mask_toolbar = MaskToolbar(self.mask_canvas)
+        self.mask_toolbar.failed.connect(self.window_.notifications.error)
+        self.mask_hint = QLabel(
+            "Red = filled by the next run. The first run detects scratches and dust; paint "
+            "more or erase, then Restore again. Clear to detect again."
+        )
+        self.mask_hint.setWordWrap(True)
+        mask_page = QWidget()
+        mask_column = QVBoxLayout(mask_page)
+        mask_column.setContentsMargins(0, 0, 0, 0)
+        mask_column.addWidget(self.mask_toolbar)
+        mask_column.addWidget(self.mask_hint)
+        mask_column.addWidget(self.mask_canvas, 1)
+        self.uncertainty_view = ImageView(placeholder="The uncertainty map shows after a run")
+        self.views = QTabWidget()
+        self.views.addTab(compare, "Before / after")
+        self.views.addTab(mask_page, "Damage mask")
+        self.views.addTab(self.uncertainty_view, "Uncertainty")
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(controls)
+        splitter.addWidget(self.views)
+        splitter.setStretchFactor(1, 1)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(splitter)
+        self.variation_combo.setVisible(False)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def open_image(self, path: Path, parent_id: int | None = None) -> None:
+        image = self.take_input(path, parent_id)
+        if image is None:
+            return
+        self.view.set_before(None)
+        self.view.set_image(image)
+        self.mask_canvas.set_image(image)
+        self.uncertainty_view.set_image(None)
+        self._set_results([])
+        self.set_status("")
+        self._sync_enabled()
+
+    def set_model(self, path: Path) -> None:
+        """Select a model file; its architecture is read off the GUI thread."""
+        path = Path(path)
+        self._add_model_item(str(path))
+        self.model_combo.setCurrentIndex(self.model_combo.findData(str(path)))
+        self.model_info = None
+        self.model_label.setText(f"Reading {path.name}…")
+        self._sync_enabled()
+        self._inspect_worker = create_worker(
+            _inspect,
+            str(path),
+            _connect={
+                "returned": lambda info, p=str(path): self._model_inspected(p, info),
+                "errored": lambda exc, p=str(path): self._model_failed(p, exc),
+            },
+        )
+
+    def refresh_models(self) -> None:
+        """List the library's installed restorers (the built-in VAE first, downloaded and
+        imported ones next), then recently browsed files; the chosen model stays chosen."""
+        current = self.model_combo.currentData()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        try:
+            items = self.window_.models.installed("restore")
+        except LibraryError as exc:
+            self.window_.notifications.error(str(exc))
+            items = []
+        for item in items:
+            label = f"{item.name} (built in)" if item.origin == "shipped" else item.name
+            self._add_model_item(str(item.path), label)
+        for model in self.window_.ctx.settings.recent_models:
+            if Path(model).is_file():
+                self._add_model_item(model)
+        if current and Path(current).is_file():
+            self._add_model_item(current)
+        self.model_combo.setCurrentIndex(self.model_combo.findData(current) if current else -1)
+        self.model_combo.blockSignals(False)
+
+    def _model_inspected(self, path: str, info: Any) -> None:
+        if self.model_combo.currentData() != path:
+            return
+        if info.purpose != "restore":
+            self._model_failed(
+                path,
+                UserError(
+                    f"{info.name} is a x{info.scale} upscaler; use it in the Upscale tab, "
+                    "or choose a x1 restoration model."
+                ),
+            )
+            return
+        self.model_info = info
+        millions = info.parameters / 1e6
+        self.model_label.setText(f"{info.architecture} · {millions:.2f} M parameters")
+        if Path(path) not in shipped_restorers():
+            ctx = self.window_.ctx
+            ctx.update_settings(with_recent_model(ctx.settings, path))
+        self._sync_enabled()
+
+    def _model_failed(self, path: str, exc: Exception) -> None:
+        if self.model_combo.currentData() != path:
+            return
+        self.model_info = None
+        self.model_label.setText("This file cannot be used.")
+        self.window_.notifications.error(describe_error(exc))
+        self._sync_enabled()
+
+    def _add_model_item(self, path: str, label: str | None = None) -> None:
+        if self.model_combo.findData(path) < 0:
+            self.model_combo.addItem(label or Path(path).name, path)
+            self.model_combo.setItemData(
+                self.model_combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole
+            )
+
+    def _model_chosen(self, index: int) -> None:
+        self.set_model(Path(self.model_combo.itemData(index)))
+
+    def _choose_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a restoration model", "", MODEL_FILTER)
+        if path:
+            self.set_model(Path(path))
+
+    def _choose_image(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a photo", "", IMAGE_FILTER)
+        if path:
+            self.open_image(Path(path))
+
+    def roll_seed(self) -> None:
+        self.seed_spin.setValue(random.SystemRandom().randrange(MAX_SEED + 1))
+
+    # -- running --------------------------------------------------------------------------
+    def build_request(self) -> Any:
+        from studio.engines.restore import RestoreRequest
+
+        settings = self.window_.ctx.settings
+        fix = self.scratches_check.isChecked()
+        return RestoreRequest(
+            input_path=str(self.input_path),
+            model_path=str(self.model_combo.currentData()),
+            strength=round(float(self.strength_slider.value()), 3),
+            denoise=round(float(self.denoise_slider.value()), 3),
+            fix_scratches=fix,
+            mask_path=self._saved_mask() if fix and self.mask_canvas.has_mask() else None,
+            colour_correction=self.colour_check.isChecked(),
+            inpaint_model=(self.inpaint_edit.text().strip() or None) if fix else None,
+            tile=0 if self.tile_spin.value() <= 0 else max(self.tile_spin.value(), MIN_TILE),
+            seed=int(self.seed_spin.value()),
+            variations=self.variations_spin.value(),
+            output_format=self.format_combo.currentText(),
+            quality=self.quality_spin.value(),
+            device=settings.device,
+            precision=settings.precision,
+        )
+
+    def _saved_mask(self) -> str:
+        """The painted mask as a PNG named by its content (the history keeps its own copy)."""
+        mask = self.mask_canvas.mask()
+        digest = hashlib.sha256(mask.tobytes() + str(mask.shape).encode()).hexdigest()[:16]
+        folder = self.window_.ctx.dirs.cache / "masks"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"mask-{digest}.png"
+        if not path.exists():
+            save_picture(picture_from_array(mask), path, fmt="png")
+        return str(path)
+
+    def run(self) -> None:
+        if self.input_path is None:
+            self.set_status("Open a photo first (or drop one on this tab).", error=True)
+            return
+        if self.model_combo.currentData() is None:
+            self.set_status("Choose a model file first (Browse…).", error=True)
+            return
+        try:
+            request = self.build_request()
+        except UserError as exc:
+            self.set_status(str(exc), error=True)
+            return
+        self.submit(request)
+
+    def load_request(self, request: Any) -> None:
+        self.open_image(Path(request.input_path))
+        if request.model_path:
+            self.set_model(Path(request.model_path))
+        self.strength_slider.setValue(request.strength)
+        self.denoise_slider.setValue(request.denoise)
+        self.scratches_check.setChecked(request.fix_scratches)
+        self.colour_check.setChecked(request.colour_correction)
+        self.inpaint_edit.setText(request.inpaint_model or "")
+        self.tile_spin.setValue(request.tile)
+        self.seed_spin.setValue(request.seed)
+        self.variations_spin.setValue(request.variations)
+        self.format_combo.setCurrentText(request.output_format)
+        self.quality_spin.setValue(request.quality)
+        if request.mask_path:
+            self._show_mask_file(Path(request.mask_path))
+
+    def submit(self, request: Any) -> Job:
+        model = Path(request.model_path).name if request.model_path else "studio-restore-vae"
+        title = f"Restore {Path(request.input_path).name} with {model}"
+        job = self.window_.submit(
+            request, title=title, parent_id=self.parent_id, on_finished=self._finished
+        )
+        self._jobs[job.id] = model
+        self.set_status(f"Queued: {title}")
+        return job
+
+    def job_changed(self, job: JobSnapshot) -> None:
+        """Show a running job's preview (tiles filled in as they finish)."""
+        if job.id in self._jobs and job.state == JobState.RUNNING:
+            if job.preview is not None:
+                self.view.set_before(None)
+                self.view.set_image(qimage_from_array(job.preview), keep_view=True)
+            self.set_status(f"{self._jobs[job.id]}: {job.message}")
+
+    def _finished(self, job: JobSnapshot) -> None:
+        model = self._jobs.pop(job.id, "")
+        if job.state == JobState.DONE:
+            entry = job.result
+            self.show_result(entry)
+            self.set_status(f"Done with {model} in {entry.duration_s:.1f} s — entry #{entry.id}")
+        else:
+            self.report_unfinished(job)
+
+    def show_result(self, entry: Any) -> None:
+        """The restored photo in the split view, its variations, uncertainty and damage mask."""
+        roles = entry.facts.get("outputs") or ["restored"]
+        files = {role: output.path for role, output in zip(roles, entry.outputs, strict=False)}
+        pictures = [path for role, path in files.items() if role in ("restored",)]
+        pictures += [path for role, path in files.items() if role.startswith("variation")]
+        self._set_results(pictures)
+        if "uncertainty" in files:
+            self.uncertainty_view.set_image(load_qimage(files["uncertainty"]))
+        if "damage mask" in files:
+            self._show_mask_file(files["damage mask"])
+
+    def _show_mask_file(self, path: Path) -> None:
+        try:
+            mask = load_picture(path).pixels[..., 0] > 0.5
+        except UserError as exc:
+            self.window_.notifications.error(str(exc))
+            return
+        image = self.mask_canvas.image()
+        if image is None or (image.height(), image.width()) != mask.shape:
+            return
+        self.mask_canvas.set_mask(mask.astype(np.uint8) * 255)
+
+    def _set_results(self, paths: list[Path]) -> None:
+        self.result_paths = paths
+        self.variation_combo.blockSignals(True)
+        self.variation_combo.clear()
+        for index in range(len(paths)):
+            self.variation_combo.addItem("Best guess" if index == 0 else f"Variation {index}")
+        self.variation_combo.blockSignals(False)
+        self.variation_combo.setVisible(len(paths) > 1)
+        if paths:
+            self._show_variation(0)
+
+    def _show_variation(self, index: int) -> None:
+        if not 0 <= index < len(self.result_paths):
+            return
+        self.view.set_image(load_qimage(self.result_paths[index]), keep_view=True)
+        if self.input_path is not None:
+            self.view.set_before(load_qimage(self.input_path))
+
+    def restore_input(self) -> None:
+        super().restore_input()
+        self._set_results([])
+
+    def _sync_enabled(self) -> None:
+        ready = self.input_path is not None and self.model_combo.currentData() is not None
+        self.run_button.setEnabled(ready)
+
+
+def _fraction_slider(value: float, tip: str) -> QLabeledDoubleSlider:
+    slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+    slider.setRange(0.0, 1.0)
+    slider.setSingleStep(0.05)
+    slider.setDecimals(2)
+    slider.setValue(value)
+    slider.setToolTip(tip)
+    return slider
+
+
+def _inspect(path: str) -> Any:
+    from studio.models.upscalers import inspect_model
+
+    return inspect_model(path)
