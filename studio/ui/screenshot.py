@@ -2,7 +2,9 @@
 
     xvfb-run -a python -m studio.ui.screenshot docs/   [--model FILE] [--diffusion-model PATH]
 
-Writes main-window.png (Upscale tab, built-in model), grade-tab.png (a reference match), and with a
+Writes main-window.png (Upscale tab, built-in model), grade-tab.png (a reference match),
+restore-tab.png (a photo aged by the training's damage pipeline, restored by the built-in VAE), and
+with a
 diffusion model generate-tab.png (a prompt and its image) and inpaint-tab.png (a mask painted on a
 photo). `make screenshot` passes the tiny random-weight test pipeline, whose pictures are noise: the
 shots show the controls, not what a trained model paints. Runs on a throw-away STUDIO_HOME so it
@@ -69,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     plots = (grade.source_plot, grade.reference_plot, grade.result_plot)
     _wait(app, lambda: all(plot.samples() is not None for plot in plots), timeout_s=30)
     _save(app, window, args.folder / "grade-tab.png")
+
+    restore = window.tool_tabs["restore"]
+    window.tabs.setCurrentWidget(restore)
+    restore.open_image(_aged(PHOTOS / "LadyBird.jpg", home / "ladybird-aged.png"))
+    _run(app, window, restore.run)
+    restore.view.set_split(0.5)
+    _save(app, window, args.folder / "restore-tab.png")
     if args.diffusion_model:
         _generate_and_inpaint(app, window, args.diffusion_model, home, args.folder)
     window.close()
@@ -112,6 +121,22 @@ def _crop(
         top = int(min(max(photo.height * centre[1] - side / 2, 0), photo.height - side))
         crop = photo.convert("RGB").crop((left, top, left + side, top + side))
         crop.resize((side // shrink, side // shrink), Image.Resampling.BICUBIC).save(target)
+    return target
+
+
+def _aged(source: Path, target: Path) -> Path:
+    """A crop aged the way the restoration VAE's training data is: grain, fading, scratches..."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from studio.train.restore_degrade import degrade_old_photo
+
+    crop = _crop(source, target, 900, (0.65, 0.5), shrink=2)
+    clean = np.asarray(Image.open(crop).convert("RGB"), dtype=np.float32) / 255
+    aged = degrade_old_photo(clean, random.Random(7)).degraded
+    Image.fromarray((np.clip(aged, 0, 1) * 255).round().astype(np.uint8)).save(target)
     return target
 
 
