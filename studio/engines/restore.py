@@ -107,7 +107,7 @@ class RestoreRequest(Request):
                 raise EngineError("inpaint_model must be a model name, folder or file, or empty.")
             if not self.fix_scratches:
                 raise EngineError("a diffusion model fills scratches; turn fixing them on.")
-        _check_whole(self.inpaint_steps, "inpaint_steps", 1, 150)
+        _check_whole(self.inpaint_steps, "inpaint_steps", 2, 150)  # x strength 0.75 >= 1 step
         for name in ("strength", "denoise"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value <= 1:
@@ -300,30 +300,30 @@ def _fill_with_diffusion(
 ) -> np.ndarray:
     """The damage repainted by a diffusion inpainting model, starting from the decoder's fill;
     every pixel outside the mask stays the VAE's."""
-    import tempfile
-
     from studio.engines import diffusion
 
     def report(fraction: float, message: str, preview: Any | None = None) -> None:
         progress(0.95, f"Diffusion fill · {message}")
 
-    with tempfile.TemporaryDirectory(prefix="studio-restore-") as folder:
-        image_path = Path(folder) / "restored.png"
-        mask_path = Path(folder) / "mask.png"
-        save_picture(picture_from_array(restored, bit_depth=16), image_path, fmt="png")
-        save_picture(picture_from_array(mask.astype(np.uint8) * 255), mask_path, fmt="png")
-        inpaint = diffusion.InpaintRequest(
-            image_path=str(image_path),
-            mask_path=str(mask_path),
-            model=str(request.inpaint_model),
-            prompt=request.inpaint_prompt,
-            steps=request.inpaint_steps,
-            mask_blur=0,
-            seed=(request.seed + variation) % (MAX_SEED + 1),
-            device=request.device,
-            precision=request.precision,
-        )
-        result = diffusion.run(inpaint, progress=report, cancelled=cancelled, cache=cache)
+    inpaint = diffusion.InpaintRequest(
+        image_path=request.input_path,  # what it describes; the pixels come from `restored`
+        mask_path=request.mask_path or request.input_path,
+        model=str(request.inpaint_model),
+        prompt=request.inpaint_prompt,
+        steps=request.inpaint_steps,
+        mask_blur=0,
+        seed=(request.seed + variation) % (MAX_SEED + 1),
+        device=request.device,
+        precision=request.precision,
+    )
+    result = diffusion.inpaint_picture(
+        picture_from_array(restored),
+        mask,
+        inpaint,
+        progress=report,
+        cancelled=cancelled,
+        cache=cache,
+    )
     filled = result.pictures[0].pixels
     filled = filled[..., :3] if restored.shape[2] == 3 else filled[..., :1]
     return np.where(mask[..., None], filled, restored).astype(np.float32)
