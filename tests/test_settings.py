@@ -58,3 +58,15 @@ def test_recent_models_keep_newest_first_without_duplicates():
     assert settings.recent_models == ("a.pth", "b.pth")
     save_settings(settings)
     assert load_settings().recent_models == ("a.pth", "b.pth")
+
+
+def test_a_restoration_model_is_recent_but_not_the_upscale_choice(tmp_path):
+    from studio.app.settings import Settings, with_recent_file
+    from studio.models.shipped import shipped_restorers
+
+    settings = Settings(upscale_model="/models/x4.pth")
+    chosen = with_recent_file(settings, str(tmp_path / "scunet.pth"))
+    assert chosen.recent_models == (str(tmp_path / "scunet.pth"),)
+    assert chosen.upscale_model == "/models/x4.pth"
+    built_in = str(shipped_restorers()[0])
+    assert with_recent_file(chosen, built_in) == chosen  # built-in models are always listed

@@ -71,8 +71,17 @@ class Settings:
 
 def with_recent_model(settings: Settings, path: str, keep: int = 12) -> Settings:
     """Put `path` first in the recent models and remember it as the Upscale tab's choice."""
+    return replace(with_recent_file(settings, path, keep), upscale_model=path)
+
+
+def with_recent_file(settings: Settings, path: str, keep: int = 12) -> Settings:
+    """Put `path` first in the recent model files (built-in models are always listed anyway)."""
+    from studio.models.shipped import models_folder
+
+    if Path(path).parent == models_folder():
+        return settings
     recent = (path, *(m for m in settings.recent_models if m != path))[:keep]
-    return replace(settings, recent_models=recent, upscale_model=path)
+    return replace(settings, recent_models=recent)
 
 
 def with_recent_diffusion_model(settings: Settings, reference: str, keep: int = 12) -> Settings:

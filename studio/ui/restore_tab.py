@@ -32,24 +32,21 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 from superqt import QLabeledDoubleSlider, QLargeIntSpinBox
-from superqt.utils import create_worker
 
 from studio.app.jobs import Job, JobSnapshot, JobState
-from studio.app.runs import describe_error
-from studio.app.settings import OUTPUT_FORMATS, with_recent_model
+from studio.app.settings import OUTPUT_FORMATS, with_recent_file
 from studio.errors import UserError
 from studio.imaging import load_picture, picture_from_array, save_picture
-from studio.models.library import LibraryError
 from studio.models.shipped import shipped_restorers
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
 from studio.ui.mask_canvas import MaskCanvas, MaskToolbar
+from studio.ui.model_picker import ModelFilePicker
 from studio.ui.tool_tab import ToolTab
 
 MIN_TILE = 64  # the engine's smallest restore tile (studio.engines.restore.MIN_TILE)
 MAX_SEED = 2**32 - 1
 MAX_VARIATIONS = 8
-MODEL_FILTER = "Restoration models (*.pth *.pt *.safetensors *.ckpt);;All files (*)"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp);;All files (*)"
 
 
@@ -61,7 +58,6 @@ class RestoreTab(ToolTab):
         super().__init__(window)
         self.input_path: Path | None = None
         self.parent_id: int | None = None
-        self.model_info: Any = None
         self.result_paths: list[Path] = []  # the restored photo, then its variations
         self._jobs: dict[int, str] = {}  # job id -> model name
         self._build()
@@ -79,14 +75,18 @@ class RestoreTab(ToolTab):
         self.open_button.clicked.connect(self._choose_image)
         self.input_label = QLabel("No photo — open one or drop it here")
         self.input_label.setWordWrap(True)
-        self.model_combo = QComboBox()
-        self.model_combo.setMinimumContentsLength(18)
-        self.model_combo.setPlaceholderText("Choose a model file…")
-        self.model_combo.activated.connect(self._model_chosen)
-        self.browse_button = QPushButton("Browse…")
-        self.browse_button.clicked.connect(self._choose_model)
-        self.model_label = QLabel("Studio's VAE, or SCUNet, NAFNet, FBCNN, DRUNet, GFPGAN, …")
-        self.model_label.setWordWrap(True)
+        self.picker = ModelFilePicker(
+            self.window_,
+            "restore",
+            hint="Studio's VAE, or SCUNet, NAFNet, FBCNN, DRUNet, GFPGAN, …",
+            browse_title="Choose a restoration model",
+            describe=lambda info: f"{info.architecture} · {info.parameters / 1e6:.2f} M parameters",
+            remember=with_recent_file,
+            refuse=_refuse_upscalers,
+        )
+        self.picker.changed.connect(self._sync_enabled)
+        self.model_combo = self.picker.combo
+        self.model_label = self.picker.label
         self.strength_slider = _fraction_slider(1.0, "Blend with the original: 0 = unchanged")
         self.denoise_slider = _fraction_slider(
             1.0, "How much grain and noise to remove (0 keeps the grain; scratches still fill)"
@@ -130,16 +130,13 @@ class RestoreTab(ToolTab):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_combo, 1)
-        model_row.addWidget(self.browse_button)
         seed_row = QHBoxLayout()
         seed_row.addWidget(self.seed_spin, 1)
         seed_row.addWidget(self.dice_button)
         form = QFormLayout()
         form.addRow(self.open_button)
         form.addRow(self.input_label)
-        form.addRow("Model", model_row)
+        form.addRow("Model", self.picker)
         form.addRow(self.model_label)
         form.addRow("Strength", self.strength_slider)
         form.addRow("Denoise", self.denoise_slider)
@@ -211,86 +208,14 @@ class RestoreTab(ToolTab):
         self._sync_enabled()
 
     def set_model(self, path: Path) -> None:
-        """Select a model file; its architecture is read off the GUI thread."""
-        path = Path(path)
-        self._add_model_item(str(path))
-        self.model_combo.setCurrentIndex(self.model_combo.findData(str(path)))
-        self.model_info = None
-        self.model_label.setText(f"Reading {path.name}…")
-        self._sync_enabled()
-        self._inspect_worker = create_worker(
-            _inspect,
-            str(path),
-            _connect={
-                "returned": lambda info, p=str(path): self._model_inspected(p, info),
-                "errored": lambda exc, p=str(path): self._model_failed(p, exc),
-            },
-        )
+        self.picker.set_model(path)
 
     def refresh_models(self) -> None:
-        """List the library's installed restorers (the built-in VAE first, downloaded and
-        imported ones next), then recently browsed files; the chosen model stays chosen."""
-        current = self.model_combo.currentData()
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        try:
-            items = self.window_.models.installed("restore")
-        except LibraryError as exc:
-            self.window_.notifications.error(str(exc))
-            items = []
-        for item in items:
-            label = f"{item.name} (built in)" if item.origin == "shipped" else item.name
-            self._add_model_item(str(item.path), label)
-        for model in self.window_.ctx.settings.recent_models:
-            if Path(model).is_file():
-                self._add_model_item(model)
-        if current and Path(current).is_file():
-            self._add_model_item(current)
-        self.model_combo.setCurrentIndex(self.model_combo.findData(current) if current else -1)
-        self.model_combo.blockSignals(False)
+        self.picker.refresh()
 
-    def _model_inspected(self, path: str, info: Any) -> None:
-        if self.model_combo.currentData() != path:
-            return
-        if info.purpose != "restore":
-            self._model_failed(
-                path,
-                UserError(
-                    f"{info.name} is a x{info.scale} upscaler; use it in the Upscale tab, "
-                    "or choose a x1 restoration model."
-                ),
-            )
-            return
-        self.model_info = info
-        millions = info.parameters / 1e6
-        self.model_label.setText(f"{info.architecture} · {millions:.2f} M parameters")
-        if Path(path) not in shipped_restorers():
-            ctx = self.window_.ctx
-            ctx.update_settings(with_recent_model(ctx.settings, path))
-        self._sync_enabled()
-
-    def _model_failed(self, path: str, exc: Exception) -> None:
-        if self.model_combo.currentData() != path:
-            return
-        self.model_info = None
-        self.model_label.setText("This file cannot be used.")
-        self.window_.notifications.error(describe_error(exc))
-        self._sync_enabled()
-
-    def _add_model_item(self, path: str, label: str | None = None) -> None:
-        if self.model_combo.findData(path) < 0:
-            self.model_combo.addItem(label or Path(path).name, path)
-            self.model_combo.setItemData(
-                self.model_combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole
-            )
-
-    def _model_chosen(self, index: int) -> None:
-        self.set_model(Path(self.model_combo.itemData(index)))
-
-    def _choose_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a restoration model", "", MODEL_FILTER)
-        if path:
-            self.set_model(Path(path))
+    @property
+    def model_info(self) -> Any:
+        return self.picker.info
 
     def _choose_image(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a photo", "", IMAGE_FILTER)
@@ -453,7 +378,10 @@ def _fraction_slider(value: float, tip: str) -> QLabeledDoubleSlider:
     return slider
 
 
-def _inspect(path: str) -> Any:
-    from studio.models.upscalers import inspect_model
-
-    return inspect_model(path)
+def _refuse_upscalers(info: Any) -> str | None:
+    if info.purpose == "restore":
+        return None
+    return (
+        f"{info.name} is a x{info.scale} upscaler; use it in the Upscale tab, or choose a x1 "
+        "restoration model."
+    )

@@ -24,20 +24,16 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from superqt.utils import create_worker
 
 from studio.app.jobs import Job, JobSnapshot, JobState
-from studio.app.runs import describe_error
 from studio.app.settings import OUTPUT_FORMATS, with_recent_model
-from studio.models.library import LibraryError
 from studio.models.shipped import shipped_upscalers
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
+from studio.ui.model_picker import MODEL_FILTER, ModelFilePicker
 from studio.ui.tool_tab import ToolTab
 
 MIN_TILE = 32  # the tiler's smallest tile (studio.engines.tiling.MIN_TILE, which imports torch)
-GET_MORE = "studio:get-more-models"  # the picker's last entry opens the Models dialog
-MODEL_FILTER = "Upscaler models (*.pth *.pt *.safetensors *.ckpt);;All files (*)"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp);;All files (*)"
 
 
@@ -49,8 +45,6 @@ class UpscaleTab(ToolTab):
         super().__init__(window)
         self.input_path: Path | None = None
         self.parent_id: int | None = None
-        self.model_info: Any = None
-        self._model_path: str | None = None  # the chosen model file, whatever the picker shows
         self._jobs: dict[int, str] = {}  # job id -> model name
         self._compare_jobs: set[int] = set()
         self._compared_entry: int | None = None  # a finished run of the current comparison
@@ -71,14 +65,19 @@ class UpscaleTab(ToolTab):
         self.open_button.clicked.connect(self._choose_image)
         self.input_label = QLabel("No image — open one or drop it here")
         self.input_label.setWordWrap(True)
-        self.model_combo = QComboBox()
-        self.model_combo.setMinimumContentsLength(18)
-        self.model_combo.setPlaceholderText("Choose a model file…")
-        self.model_combo.activated.connect(self._model_chosen)
-        self.browse_button = QPushButton("Browse…")
-        self.browse_button.clicked.connect(self._choose_model)
-        self.model_label = QLabel("Any upscaler spandrel reads: Real-ESRGAN, SwinIR, HAT, …")
-        self.model_label.setWordWrap(True)
+        self.picker = ModelFilePicker(
+            self.window_,
+            "upscale",
+            hint="Any upscaler spandrel reads: Real-ESRGAN, SwinIR, HAT, …",
+            browse_title="Choose an upscaler model",
+            describe=lambda info: (
+                f"{info.architecture} · ×{info.scale} · {info.parameters / 1e6:.2f} M parameters"
+            ),
+            remember=with_recent_model,
+        )
+        self.picker.changed.connect(self._sync_enabled)
+        self.model_combo = self.picker.combo
+        self.model_label = self.picker.label
         self.custom_scale = QCheckBox("Custom output scale")
         self.scale_spin = QDoubleSpinBox(minimum=1.0, maximum=16.0, singleStep=0.5, value=2.0)
         self.scale_spin.setSuffix("×")
@@ -105,13 +104,10 @@ class UpscaleTab(ToolTab):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_combo, 1)
-        model_row.addWidget(self.browse_button)
         form = QFormLayout()
         form.addRow(self.open_button)
         form.addRow(self.input_label)
-        form.addRow("Model", model_row)
+        form.addRow("Model", self.picker)
         form.addRow(self.model_label)
         form.addRow(self.custom_scale)
         form.addRow("Scale", self.scale_spin)
@@ -147,97 +143,14 @@ class UpscaleTab(ToolTab):
         self._sync_enabled()
 
     def set_model(self, path: Path) -> None:
-        """Select a model file; its architecture and scale are read off the GUI thread."""
-        path = Path(path)
-        self._model_path = str(path)
-        self._add_model_item(str(path))
-        self.model_combo.setCurrentIndex(self.model_combo.findData(str(path)))
-        self.model_info = None
-        self.model_label.setText(f"Reading {path.name}…")
-        self._sync_enabled()
-        self._inspect_worker = create_worker(
-            _inspect,
-            str(path),
-            _connect={
-                "returned": lambda info, p=str(path): self._model_inspected(p, info),
-                "errored": lambda exc, p=str(path): self._model_failed(p, exc),
-            },
-        )
+        self.picker.set_model(path)
 
     def refresh_models(self) -> None:
-        """List the library's installed upscalers, then recently browsed files, then
-        "Get more…"; the chosen model stays chosen while its file exists."""
-        current = self._model_path
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        try:
-            items = self.window_.models.installed("upscale")
-        except LibraryError as exc:
-            self.window_.notifications.error(str(exc))
-            items = []
-        for item in items:
-            label = f"{item.name} (built in)" if item.origin == "shipped" else item.name
-            self._add_model_item(str(item.path), label)
-        for model in self.window_.ctx.settings.recent_models:
-            if Path(model).is_file():
-                self._add_model_item(model)
-        self.model_combo.insertSeparator(self.model_combo.count())
-        self.model_combo.addItem("Get more…", GET_MORE)
-        self.model_combo.setItemData(
-            self.model_combo.count() - 1,
-            "Download, import or remove models",
-            Qt.ItemDataRole.ToolTipRole,
-        )
-        if current and Path(current).is_file():
-            self._add_model_item(current)
-        self.model_combo.setCurrentIndex(self.model_combo.findData(current) if current else -1)
-        self.model_combo.blockSignals(False)
-        if current and self.model_combo.currentData() != current:
-            self.model_info = self._model_path = None  # its file was removed
-            self.model_label.setText("The model was removed; choose another.")
-            self._sync_enabled()
+        self.picker.refresh()
 
-    def _model_inspected(self, path: str, info: Any) -> None:
-        if self.model_combo.currentData() != path:
-            return
-        self.model_info = info
-        millions = info.parameters / 1e6
-        self.model_label.setText(
-            f"{info.architecture} · ×{info.scale} · {millions:.2f} M parameters"
-        )
-        ctx = self.window_.ctx
-        ctx.update_settings(with_recent_model(ctx.settings, path))
-        self._sync_enabled()
-
-    def _model_failed(self, path: str, exc: Exception) -> None:
-        if self.model_combo.currentData() != path:
-            return
-        self.model_info = None
-        self.model_label.setText("This file cannot be used.")
-        self.window_.notifications.error(describe_error(exc))
-        self._sync_enabled()
-
-    def _add_model_item(self, path: str, label: str | None = None) -> None:
-        """Add a model to the picker, above the "Get more…" entry once that is there."""
-        if self.model_combo.findData(path) >= 0:
-            return
-        get_more = self.model_combo.findData(GET_MORE)
-        index = self.model_combo.count() if get_more < 0 else get_more - 1  # before the line
-        self.model_combo.insertItem(index, label or Path(path).name, path)
-        self.model_combo.setItemData(index, path, Qt.ItemDataRole.ToolTipRole)
-
-    def _model_chosen(self, index: int) -> None:
-        data = self.model_combo.itemData(index)
-        if data == GET_MORE:
-            self.model_combo.setCurrentIndex(self.model_combo.findData(self._model_path))
-            self.window_.open_models("upscale")
-            return
-        self.set_model(Path(data))
-
-    def _choose_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose an upscaler model", "", MODEL_FILTER)
-        if path:
-            self.set_model(Path(path))
+    @property
+    def model_info(self) -> Any:
+        return self.picker.info
 
     def _choose_image(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open an image", "", IMAGE_FILTER)
@@ -342,9 +255,3 @@ class UpscaleTab(ToolTab):
 def snap_tile(value: int) -> int:
     """0 means automatic; anything else is at least the engine's smallest tile."""
     return 0 if value <= 0 else max(value, MIN_TILE)
-
-
-def _inspect(path: str) -> Any:
-    from studio.models.upscalers import inspect_model
-
-    return inspect_model(path)

@@ -13,8 +13,8 @@ from tiny_models import make_compact
 
 from studio.app.context import AppContext
 from studio.ui.main_window import MainWindow
+from studio.ui.model_picker import GET_MORE
 from studio.ui.models_dialog import ModelsDialog
-from studio.ui.upscale_tab import GET_MORE
 
 
 @pytest.fixture
@@ -210,17 +210,18 @@ def test_import_in_place_then_remove_refreshes_the_picker(
     assert str(model) not in picker_paths(window)
 
 
-def test_get_more_in_the_picker_opens_the_dialog_on_upscale(window, catalogue):
+@pytest.mark.parametrize(("tab_name", "other"), [("upscale", "restore"), ("restore", "upscale")])
+def test_get_more_in_the_picker_opens_the_dialog_on_its_tool(window, catalogue, tab_name, other):
     catalogue("http://127.0.0.1:9")
-    tab = window.tool_tabs["upscale"]
+    tab = window.tool_tabs[tab_name]
     chosen = tab.model_combo.currentData()
-    window.open_models("restore").close()
+    window.open_models(other).close()
 
     index = tab.model_combo.findData(GET_MORE)
     tab.model_combo.setCurrentIndex(index)
     tab.model_combo.activated.emit(index)
 
     assert window.models_dialog.isVisible()
-    assert window.models_dialog.tool == "upscale"
+    assert window.models_dialog.tool == tab_name
     assert tab.model_combo.currentData() == chosen  # the picker keeps the chosen model
     assert Path(chosen).is_file()
