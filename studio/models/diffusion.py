@@ -565,26 +565,26 @@ def use_pipeline(
     """Hold the loaded pipeline from the model cache (loading it on a miss) for the block."""
     from studio.models.cache import ModelKey
 
-    size_hint = _weights_bytes(model)
-    applied: dict[str, str] = {}
+    size_hint = _weights_bytes(model, dtype)
 
     def loader() -> Any:
         pipe = load_pipeline(model, device, dtype)
-        applied["mode"] = apply_memory_mode(pipe, device, memory, needed_bytes=size_hint)
-        pipe._studio_memory_mode = applied["mode"]
+        pipe._studio_memory_mode = apply_memory_mode(pipe, device, memory, needed_bytes=size_hint)
         return pipe
 
     key = ModelKey.of(f"{identity}|{memory}", device, dtype)
-    with cache.use(key, loader, size_hint=size_hint // (2 if "16" in str(dtype) else 1)) as pipe:
+    with cache.use(key, loader, size_hint=size_hint) as pipe:
         yield pipe, getattr(pipe, "_studio_memory_mode", memory)
 
 
-def _weights_bytes(model: ResolvedModel) -> int:
+def _weights_bytes(model: ResolvedModel, dtype: Any) -> int:
+    """About what the loaded weights take in `dtype`: a folder's fp32 files (or twice its fp16
+    copies, all a download may have kept), halved for half precision; a checkpoint's size."""
     if model.source.kind == "file":
         return Path(model.source.location).stat().st_size
     total = 0
     for sub in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        for file in (model.folder / sub).glob("*.safetensors"):
-            if ".fp16." not in file.name:
-                total += os.path.getsize(file)
-    return total
+        files = list((model.folder / sub).glob("*.safetensors"))
+        full = [file for file in files if ".fp16." not in file.name]
+        total += sum(os.path.getsize(f) for f in full) or 2 * sum(os.path.getsize(f) for f in files)
+    return total // 2 if "16" in str(dtype) else total
