@@ -138,10 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="tile size in pixels (default: from settings, 0 = automatic)",
     )
-    up.add_argument("--device", choices=DEVICES, default=None)
-    up.add_argument("--precision", choices=PRECISIONS, default=None)
-    up.add_argument("--format", choices=OUTPUT_FORMATS, default=None, dest="output_format")
-    up.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
+    _run_arguments(up)
     up.set_defaults(handler=cmd_upscale)
 
     restore = commands.add_parser("restore", help="restore old, noisy or scratched photos")
@@ -184,10 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="tile size in pixels (default: from settings, 0 = automatic)",
     )
-    restore.add_argument("--device", choices=DEVICES, default=None)
-    restore.add_argument("--precision", choices=PRECISIONS, default=None)
-    restore.add_argument("--format", choices=OUTPUT_FORMATS, default=None, dest="output_format")
-    restore.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
+    _run_arguments(restore)
     restore.set_defaults(handler=cmd_restore)
 
     grade = commands.add_parser("grade", help="colour-grade images with normalizing flows")
@@ -224,9 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--layers", type=int, help="coupling layers per flow")
     grade.add_argument("--hidden", type=int, help="hidden width of the coupling networks")
     grade.add_argument("--seed", type=int, default=0)
-    grade.add_argument("--device", choices=DEVICES, default=None)
-    grade.add_argument("--format", choices=OUTPUT_FORMATS, default=None, dest="output_format")
-    grade.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
+    _run_arguments(grade, precision=False)
     grade.set_defaults(handler=cmd_grade)
 
     hist = commands.add_parser("history", help="list, review and export the history")
@@ -429,6 +421,15 @@ def cmd_grade(ctx: AppContext, args: argparse.Namespace) -> int:
     return run_batch(ctx, files, request_for, args.output, after=export_lut)
 
 
+def _run_arguments(parser: argparse.ArgumentParser, *, precision: bool = True) -> None:
+    """Where a tool runs and how it writes its images; unset means the user's settings."""
+    parser.add_argument("--device", choices=DEVICES, default=None)
+    if precision:
+        parser.add_argument("--precision", choices=PRECISIONS, default=None)
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, default=None, dest="output_format")
+    parser.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
+
+
 def _diffusion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -449,10 +450,7 @@ def _diffusion_arguments(parser: argparse.ArgumentParser) -> None:
         help="euler, euler_a, dpmpp_2m_karras, dpmpp_2m, ddim, unipc, lcm (distilled models)",
     )
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
-    parser.add_argument("--device", choices=DEVICES, default=None)
-    parser.add_argument("--precision", choices=PRECISIONS, default=None)
-    parser.add_argument("--format", choices=OUTPUT_FORMATS, default=None, dest="output_format")
-    parser.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
+    _run_arguments(parser)
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -169,18 +169,26 @@ class _CdnHandler(BaseHTTPRequestHandler):
         if content is None:
             self.send_error(404)
             return
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        if match:
-            start = int(match.group(1))
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(content) - start))
-        self.send_header("ETag", f'"{hashlib.sha256(content).hexdigest()}"')
-        self.end_headers()
+        start = start_reply(self, content, {"ETag": f'"{hashlib.sha256(content).hexdigest()}"'})
         self.wfile.write(content[start:])
+
+
+def start_reply(handler: BaseHTTPRequestHandler, body: bytes, headers: dict[str, str]) -> int:
+    """Status and headers for `body`, honouring an open-ended `Range` (what resumed downloads
+    send); returns the offset the body is to be written from."""
+    start = 0
+    match = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range", ""))
+    if match:
+        start = int(match.group(1))
+        handler.send_response(206)
+        handler.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+    else:
+        handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body) - start))
+    for name, value in headers.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    return start
 
 
 @contextmanager

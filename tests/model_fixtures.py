@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hub_server import REPO_ID
+from hub_server import REPO_ID, start_reply
 from safetensors.numpy import save_file
 
 from studio.models import catalogue
@@ -31,16 +30,7 @@ class _FileHandler(BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        if match:
-            start = int(match.group(1))
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
-        self.end_headers()
+        start = start_reply(self, body, {})
         chunk = 64 * 1024  # several writes, so progress is reported along the way
         gate: threading.Event | None = self.server.gate  # type: ignore[attr-defined]
         for offset in range(start, len(body), chunk):

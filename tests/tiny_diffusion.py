@@ -75,16 +75,68 @@ def write_tokenizer(folder: Path) -> None:
     )
 
 
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=64,
+    )
+
+
+def _text_config(**extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        pad_token_id=1,
+        vocab_size=1000,
+        max_position_embeddings=TOKENIZER_MAX_LENGTH,
+        **extra,
+    )
+
+
+def _tokenizer():
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer(Path(tmp))
+        return CLIPTokenizer(
+            str(Path(tmp) / "vocab.json"),
+            str(Path(tmp) / "merges.txt"),
+            model_max_length=TOKENIZER_MAX_LENGTH,
+        )
+
+
+def _scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+
+
 def make_pipeline(*, inpainting: bool = False, seed: int = 0):
     """A tiny SD 1.x pipeline (UNet blocks (32, 64), CLIP hidden 32): 2 steps at 64 px in ~0.2 s."""
     from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
         StableDiffusionInpaintPipeline,
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -98,41 +150,10 @@ def make_pipeline(*, inpainting: bool = False, seed: int = 0):
         cross_attention_dim=TEXT_HIDDEN,
         attention_head_dim=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=64,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=2,
-            hidden_size=TEXT_HIDDEN,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            pad_token_id=1,
-            vocab_size=1000,
-            max_position_embeddings=TOKENIZER_MAX_LENGTH,
-        )
-    )
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer(Path(tmp))
-        tokenizer = CLIPTokenizer(
-            str(Path(tmp) / "vocab.json"),
-            str(Path(tmp) / "merges.txt"),
-            model_max_length=TOKENIZER_MAX_LENGTH,
-        )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-    )
+    vae = _vae()
+    text_encoder = CLIPTextModel(_text_config())
+    tokenizer = _tokenizer()
+    scheduler = _scheduler()
     cls = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
     return cls(
         vae=vae,
@@ -149,17 +170,13 @@ def make_pipeline(*, inpainting: bool = False, seed: int = 0):
 def make_sdxl_pipeline(*, inpainting: bool = False, seed: int = 0):
     """A tiny SDXL pipeline: two text encoders, the text-time embedding, linear projections."""
     from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
         StableDiffusionXLInpaintPipeline,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
     from transformers import (
-        CLIPTextConfig,
         CLIPTextModel,
         CLIPTextModelWithProjection,
-        CLIPTokenizer,
     )
 
     torch.manual_seed(seed)
@@ -179,39 +196,10 @@ def make_sdxl_pipeline(*, inpainting: bool = False, seed: int = 0):
         projection_class_embeddings_input_dim=6 * 8 + TEXT_HIDDEN,
         cross_attention_dim=2 * TEXT_HIDDEN,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=64,
-    )
-    config = CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=2,
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        pad_token_id=1,
-        vocab_size=1000,
-        hidden_act="gelu",
-        projection_dim=TEXT_HIDDEN,
-        max_position_embeddings=TOKENIZER_MAX_LENGTH,
-    )
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer(Path(tmp))
-        vocab, merges = str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt")
-        tokenizer = CLIPTokenizer(vocab, merges, model_max_length=TOKENIZER_MAX_LENGTH)
-        tokenizer_2 = CLIPTokenizer(vocab, merges, model_max_length=TOKENIZER_MAX_LENGTH)
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-    )
+    vae = _vae()
+    config = _text_config(hidden_act="gelu", projection_dim=TEXT_HIDDEN)
+    tokenizer, tokenizer_2 = _tokenizer(), _tokenizer()
+    scheduler = _scheduler()
     cls = StableDiffusionXLInpaintPipeline if inpainting else StableDiffusionXLPipeline
     return cls(
         vae=vae,
