@@ -304,3 +304,37 @@ def test_a_damaged_registry_is_a_clear_error(library):
 
     with pytest.raises(LibraryError, match=r"cannot be read .* move it aside"):
         library.installed("upscale")
+
+
+def test_two_studios_importing_at_once_both_keep_their_record(library, tmp_path, monkeypatch):
+    """A window copies a big file while `studio models import` records another: neither
+    record is lost when the window writes the registry afterwards."""
+    other_library = ModelLibrary(user_dirs())
+    (tmp_path / "mine").mkdir()
+    other_file = make_compact(tmp_path / "mine" / "other-x2.safetensors", scale=2)
+    copy_in = ModelLibrary._copy_in
+
+    def slow_copy(self, source, name, progress, cancelled):
+        if self is library:  # the other Studio records its import during this one's copy
+            other_library.import_path(other_file, copy=False)
+        return copy_in(self, source, name, progress, cancelled)
+
+    monkeypatch.setattr(ModelLibrary, "_copy_in", slow_copy)
+    library.import_path(make_esrgan(tmp_path / "mine" / "big-x4.pth", scale=4), copy=True)
+
+    names = {item.name for item in ModelLibrary(user_dirs()).installed("upscale")}
+    assert {"big-x4", "other-x2"} <= names
+
+
+def test_a_library_held_by_another_studio_is_a_clear_error(library, upscaler_file, monkeypatch):
+    from filelock import FileLock
+
+    import studio.models.library as library_module
+
+    monkeypatch.setattr(library_module, "REGISTRY_LOCK_SECONDS", 0.2)
+    library.models_dir.mkdir(parents=True, exist_ok=True)
+    held = FileLock(library.registry_path.with_name("library.json.lock"))
+    with held, pytest.raises(LibraryError, match="Another Studio has been changing"):
+        library.import_path(upscaler_file, copy=True)
+    assert not list(library.imports_dir.glob("*"))  # the copy was taken back
+    assert upscaler_file.stem not in {item.name for item in library.installed("upscale")}

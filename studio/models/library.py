@@ -10,7 +10,8 @@ Where things are:
   with other tools;
 - imports are either referenced in place (Studio never deletes or moves them) or copied into
   `<data>/models/imported/`; either way they are recorded, with their SHA-256, in
-  `<data>/models/library.json`, written atomically.
+  `<data>/models/library.json`, written atomically under a lock file, so that a window and a
+  command line changing it at once both keep their records.
 
 An imported file is detected without running anything from it: a diffusers folder by its
 `model_index.json`, a single-file diffusion checkpoint by its tensor names (safetensors header, or
@@ -31,6 +32,7 @@ import secrets
 import shutil
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from studio.progress import CancelCheck, Cancelled, Progress, never_cancelled, n
 
 LIBRARY_TOOLS = ("upscale", "restore", "diffusion")
 REGISTRY_VERSION = 1
+REGISTRY_LOCK_SECONDS = 30  # how long a change waits for another Studio's
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 
 # Catalogue tools -> library tools: the Generate and Inpaint tabs share diffusion models.
@@ -210,22 +213,14 @@ class ModelLibrary:
                 f"{source.name} is a {detected.family} model for {detected.tool}, not {tool}."
             )
         sha256 = _hash(source, progress, cancelled)
-        records = self._records()
-        for record in records:
-            if record["sha256"] == sha256:
-                raise LibraryError(
-                    f"{source.name} is already in the library as {record['name']} "
-                    f"({record['location']})."
-                )
+        _refuse_duplicate(self._records(), source, sha256)
         entry = self._matching_entry(source, sha256, detected.tool)
         name = (
             entry.name
             if entry
             else self._free_name(source.stem if source.is_file() else source.name)
         )
-        location = source
-        if copy:
-            location = self._copy_in(source, name, progress, cancelled)
+        location = self._copy_in(source, name, progress, cancelled) if copy else source
         record = {
             "name": name,
             "tool": detected.tool,
@@ -238,7 +233,23 @@ class ModelLibrary:
             "catalogue": entry.name if entry else None,
             "added": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        self._save_records([*records, record])
+
+        def add(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            # Checked again under the lock: another Studio may have imported meanwhile.
+            _refuse_duplicate(records, source, sha256)
+            if any(r["name"].casefold() == name.casefold() for r in records):
+                raise LibraryError(
+                    f"Another Studio just imported a model named {name}; import {source.name} "
+                    "again to give it another name."
+                )
+            return [*records, record]
+
+        try:
+            self._change_records(add)
+        except LibraryError:
+            if copy:
+                _delete(location)
+            raise
         progress(1.0, f"Imported {name}.")
         return self.find(name)
 
@@ -279,10 +290,9 @@ class ModelLibrary:
             raise LibraryError(f"{item.name} is built into Studio and cannot be removed.")
         if not item.installed:
             raise LibraryError(f"{item.name} is not installed.")
-        records = self._records()
-        record = next((r for r in records if r["name"] == item.name), None)
+        record = next((r for r in self._records() if r["name"] == item.name), None)
         if record is not None:
-            self._save_records([r for r in records if r is not record])
+            self._change_records(lambda records: [r for r in records if r["name"] != item.name])
             if record["in_place"]:
                 return 0
             return _delete(Path(record["location"]))
@@ -386,8 +396,25 @@ class ModelLibrary:
             )
         return records
 
-    def _save_records(self, records: list[dict[str, Any]]) -> None:
+    def _change_records(
+        self, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    ) -> None:
+        """Read, change and write the registry while holding its lock file: a Studio window and
+        a `studio models` command changing it at the same moment each keep their record."""
+        from filelock import FileLock, Timeout
+
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.registry_path.with_name("library.json.lock"))
+        try:
+            with lock.acquire(timeout=REGISTRY_LOCK_SECONDS):
+                self._save_records(change(self._records()))
+        except Timeout as error:
+            raise LibraryError(
+                f"Another Studio has been changing the model library ({self.registry_path}) "
+                f"for over {REGISTRY_LOCK_SECONDS} s; try again when it is done."
+            ) from error
+
+    def _save_records(self, records: list[dict[str, Any]]) -> None:
         text = json.dumps({"version": REGISTRY_VERSION, "models": records}, indent=1)
         temporary = self.registry_path.with_name(f".library.{secrets.token_hex(4)}.tmp")
         try:
@@ -574,6 +601,15 @@ def _imported_item(record: dict[str, Any]) -> ModelItem:
 
 _RECORD_FIELDS = {"name": str, "tool": str, "kind": str, "family": str, "location": str}
 _RECORD_FIELDS |= {"in_place": bool, "sha256": str, "size_bytes": int}
+
+
+def _refuse_duplicate(records: list[dict[str, Any]], source: Path, sha256: str) -> None:
+    for record in records:
+        if record["sha256"] == sha256:
+            raise LibraryError(
+                f"{source.name} is already in the library as {record['name']} "
+                f"({record['location']})."
+            )
 
 
 def _valid_record(record: Any) -> bool:
