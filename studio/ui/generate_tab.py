@@ -27,6 +27,7 @@ from studio.engines.diffusion import MAX_SEED, MAX_SIDE, MIN_SIDE, GenerateReque
 from studio.ui.convert import load_qimage
 from studio.ui.diffusion_tab import DiffusionTab
 from studio.ui.image_view import ImageView
+from studio.ui.result_strip import ResultStrip
 
 MAX_COUNT = 16
 DEFAULT_PRESETS = [(512, 512), (576, 448), (448, 576), (640, 384), (384, 640)]
@@ -82,9 +83,16 @@ class GenerateTab(DiffusionTab):
         scroll.setMinimumWidth(300)
         scroll.setMaximumWidth(400)
         self.view = ImageView(placeholder="Write a prompt and press Generate (Ctrl+Enter)")
+        self.results = ResultStrip()
+        self.results.chosen.connect(self._result_chosen)
+        pictures = QWidget()
+        picture_column = QVBoxLayout(pictures)
+        picture_column.setContentsMargins(0, 0, 0, 0)
+        picture_column.addWidget(self.view, 1)
+        picture_column.addWidget(self.results)
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(scroll)
-        splitter.addWidget(self.view)
+        splitter.addWidget(pictures)
         splitter.setStretchFactor(1, 1)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -186,9 +194,14 @@ class GenerateTab(DiffusionTab):
 
     def show_result(self, entry: Any) -> None:
         if entry.outputs:
-            self.result_path = entry.outputs[0].path
-            self.view.set_before(None)
-            self.view.set_image(load_qimage(self.result_path), keep_view=True)
+            self.results.add(entry.id, entry.outputs[0].path, f"seed {entry.seed}")
+
+    def _result_chosen(self, entry_id: int, path: Path) -> None:
+        """The picked result is shown, and is the one the To … buttons send."""
+        self.last_entry_id = entry_id
+        self.result_path = path
+        self.view.set_before(None)
+        self.view.set_image(load_qimage(path), keep_view=True)
 
     def restore_input(self) -> None:
         """A cancelled or failed run's partial preview goes; the last finished image returns."""

@@ -11,6 +11,7 @@ from PySide6.QtCore import Qt
 
 from studio.app.jobs import JobState
 from studio.engines.diffusion import SCHEDULER_TITLES
+from studio.ui.convert import load_qimage
 from studio.ui.generate_tab import GenerateTab
 from studio.ui.main_window import MainWindow
 
@@ -175,6 +176,28 @@ def test_several_images_are_separate_entries_with_consecutive_seeds(
     assert window.ctx.history.count() == 2
     first, second = (pixels(job.result.outputs[0].path) for job in jobs)
     assert not np.array_equal(first, second)
+
+
+def test_the_results_strip_shows_and_sends_the_picked_image(window, tab, qtbot, diffusion_models):
+    ready(tab, qtbot, diffusion_models["folder"], steps=1, seed=200)
+    tab.count_spin.setValue(3)
+    jobs = run_and_wait(window, qtbot, count=3)
+    entries = {job.result.seed: job.result for job in jobs}
+
+    strip = tab.results
+    assert strip.isVisible() and strip.count() == 3
+    assert strip.entry_ids()[0] == jobs[-1].result.id  # newest first, and shown
+    oldest = entries[200]
+    strip.setCurrentRow(strip.entry_ids().index(oldest.id))
+    shown = tab.view.image()
+    assert (shown.width(), shown.height()) == (64, 64)
+    assert shown == load_qimage(oldest.outputs[0].path)
+    assert "seed 200" in strip.currentItem().toolTip()
+
+    tab.send_buttons["Upscale"].click()
+    upscale = window.tool_tabs["upscale"]
+    assert window.tabs.currentWidget() is upscale
+    assert (upscale.input_path, upscale.parent_id) == (oldest.outputs[0].path, oldest.id)
 
 
 def test_cancelling_mid_run_writes_nothing_and_marks_the_entry(

@@ -165,3 +165,23 @@ def test_the_transparent_part_of_a_photo_can_be_the_mask(
     assert out.shape == (64, 72, 4)
     assert np.array_equal(out[~hole], rgba[~hole])
     assert (out[hole][:, 3] > 0).all()  # the repainted hole is no longer transparent
+
+
+def test_the_working_resolution_reaches_the_request_and_comes_back_on_rerun(
+    window, tab, qtbot, diffusion_models, photo
+):
+    ready(tab, qtbot, diffusion_models["folder"], photo)
+    masked = paint(tab)
+    assert tab.working_resolution() == 0  # the model's own, by default
+    tab.resolution.setValue(100)
+    assert tab.working_resolution() == 96  # a multiple of 8, as the model needs
+    job = run_and_wait(window, qtbot)
+    assert job.state == JobState.DONE, job.message
+    after = pixels(job.result.outputs[0].path)
+    assert np.array_equal(after[~masked], pixels(photo)[~masked])
+    assert window.ctx.history.get(job.result.id).request["resolution"] == 96
+
+    tab.resolution.setValue(0)
+    with qtbot.waitSignal(window.jobs.finished, timeout=120_000):
+        window.rerun(job.result.id)
+    assert tab.resolution.value() == 96
