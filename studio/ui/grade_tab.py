@@ -9,7 +9,6 @@ drawing the likelihood map all start from those files and never fit again.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,23 +29,22 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSpinBox,
     QSplitter,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible, QElidingLabel, QLabeledSlider, QLargeIntSpinBox
+from superqt import QCollapsible, QElidingLabel, QLabeledSlider
 from superqt.utils import create_worker
 
 from studio.app.history import Entry
 from studio.app.jobs import Job, JobSnapshot, JobState
 from studio.app.runs import SUFFIXES, describe_error
-from studio.app.settings import OUTPUT_FORMATS
 from studio.errors import UserError
 from studio.files import copy_atomically
 from studio.ui.colour_plots import ChromaPlot, ChromaSamples, HeatLegend, sample_chroma
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
 from studio.ui.jobs import failure_text
+from studio.ui.output_widgets import SeedRow, format_widgets
 from studio.ui.tool_tab import IMAGE_SUFFIXES, ToolTab
 
 if TYPE_CHECKING:
@@ -168,18 +166,9 @@ class GradeTab(ToolTab):
             self.lut_size.addItem(f"{size} points", size)
         self.lut_size.setCurrentIndex(LUT_SIZES.index(DEFAULT_LUT_SIZE))
         self.lut_size.setToolTip("Resolution of the 3D LUT the grade is baked into and exported as")
-        self.seed_spin = QLargeIntSpinBox()
-        self.seed_spin.setRange(0, MAX_SEED)
-        self.seed_spin.setToolTip("The same seed and settings fit the same grade")
-        self.dice_button = QToolButton()
-        self.dice_button.setText("⚄")
-        self.dice_button.setToolTip("Pick a random seed")
-        self.dice_button.clicked.connect(self.roll_seed)
-        self.format_combo = QComboBox()
-        self.format_combo.addItems(OUTPUT_FORMATS)
-        self.format_combo.setCurrentText(self.window_.ctx.settings.output_format)
-        self.quality_spin = QSpinBox(minimum=1, maximum=100)
-        self.quality_spin.setValue(self.window_.ctx.settings.jpeg_quality)
+        self.seed_row = SeedRow(MAX_SEED, "The same seed and settings fit the same grade")
+        self.seed_spin, self.dice_button = self.seed_row.spin, self.seed_row.dice
+        self.format_combo, self.quality_spin = format_widgets(self.window_.ctx.settings)
         self.advanced = self._build_advanced()
 
         self.run_button = QPushButton("Grade")
@@ -196,9 +185,6 @@ class GradeTab(ToolTab):
         self.batch_button.setToolTip("Grade other images with this grade, without fitting again")
         self.batch_button.clicked.connect(self.apply_to_batch)
 
-        seed_row = QHBoxLayout()
-        seed_row.addWidget(self.seed_spin, 1)
-        seed_row.addWidget(self.dice_button)
         form = QFormLayout()
         form.addRow(self.open_button)
         form.addRow(self.input_label)
@@ -208,7 +194,7 @@ class GradeTab(ToolTab):
         form.addRow("Strength %", self.strength)
         form.addRow(self.preserve_luminance)
         form.addRow("LUT size", self.lut_size)
-        form.addRow("Seed", seed_row)
+        form.addRow("Seed", self.seed_row)
         form.addRow("Format", self.format_combo)
         form.addRow("Quality", self.quality_spin)
         controls = QWidget()
@@ -335,15 +321,12 @@ class GradeTab(ToolTab):
         self._refresh_plots()
         self._sync_enabled()
 
-    def roll_seed(self) -> None:
-        self.seed_spin.setValue(random.SystemRandom().randrange(2**32))
-
     def _mode_changed(self) -> None:
         mode = self.mode()
         for role, row in self.file_rows.items():
             row.setVisible(role in MODE_ROLES[mode])
         fits = mode in FLOW_MODES
-        for widget in (self.advanced, self.seed_spin, self.dice_button):
+        for widget in (self.advanced, self.seed_row):
             widget.setEnabled(fits)
         self._refresh_plots()
         self._sync_enabled()

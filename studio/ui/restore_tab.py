@@ -9,7 +9,6 @@ erase, and the next run fills exactly that mask), and the per-pixel uncertainty 
 from __future__ import annotations
 
 import hashlib
-import random
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,13 @@ from PySide6.QtWidgets import (
     QSpinBox,
     QSplitter,
     QTabWidget,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QLabeledDoubleSlider, QLargeIntSpinBox
+from superqt import QLabeledDoubleSlider
 
 from studio.app.jobs import Job, JobSnapshot, JobState
-from studio.app.settings import OUTPUT_FORMATS, with_recent_file
+from studio.app.settings import with_recent_file
 from studio.errors import UserError
 from studio.imaging import load_picture, picture_from_array, save_picture
 from studio.models.shipped import shipped_restorers
@@ -42,6 +40,7 @@ from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
 from studio.ui.mask_canvas import MaskCanvas, MaskToolbar
 from studio.ui.model_picker import ModelFilePicker
+from studio.ui.output_widgets import SeedRow, format_widgets
 from studio.ui.tool_tab import ToolTab
 
 MIN_TILE = 64  # the engine's smallest restore tile (studio.engines.restore.MIN_TILE)
@@ -107,22 +106,13 @@ class RestoreTab(ToolTab):
         self.tile_spin.setSpecialValueText("Automatic")
         self.tile_spin.setSuffix(" px")
         self.tile_spin.setValue(settings.tile_size)
-        self.seed_spin = QLargeIntSpinBox()
-        self.seed_spin.setRange(0, MAX_SEED)
-        self.seed_spin.setToolTip("The same seed and settings draw the same variations")
-        self.dice_button = QToolButton()
-        self.dice_button.setText("⚄")
-        self.dice_button.setToolTip("Pick a random seed")
-        self.dice_button.clicked.connect(self.roll_seed)
+        self.seed_row = SeedRow(MAX_SEED, "The same seed and settings draw the same variations")
+        self.seed_spin, self.dice_button = self.seed_row.spin, self.seed_row.dice
         self.variations_spin = QSpinBox(minimum=1, maximum=MAX_VARIATIONS)
         self.variations_spin.setToolTip(
             "Pictures to make: the best guess, then alternatives drawn from the VAE's posterior"
         )
-        self.format_combo = QComboBox()
-        self.format_combo.addItems(OUTPUT_FORMATS)
-        self.format_combo.setCurrentText(settings.output_format)
-        self.quality_spin = QSpinBox(minimum=1, maximum=100)
-        self.quality_spin.setValue(settings.jpeg_quality)
+        self.format_combo, self.quality_spin = format_widgets(settings)
         self.run_button = QPushButton("Restore")
         self.run_button.setToolTip("Restore the photo (Ctrl+Enter)")
         self.run_button.setDefault(True)
@@ -130,9 +120,6 @@ class RestoreTab(ToolTab):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        seed_row = QHBoxLayout()
-        seed_row.addWidget(self.seed_spin, 1)
-        seed_row.addWidget(self.dice_button)
         form = QFormLayout()
         form.addRow(self.open_button)
         form.addRow(self.input_label)
@@ -144,7 +131,7 @@ class RestoreTab(ToolTab):
         form.addRow("Fill with", self.inpaint_edit)
         form.addRow(self.colour_check)
         form.addRow("Variations", self.variations_spin)
-        form.addRow("Seed", seed_row)
+        form.addRow("Seed", self.seed_row)
         form.addRow("Tile", self.tile_spin)
         form.addRow("Format", self.format_combo)
         form.addRow("Quality", self.quality_spin)
@@ -221,9 +208,6 @@ class RestoreTab(ToolTab):
         path, _ = QFileDialog.getOpenFileName(self, "Open a photo", "", IMAGE_FILTER)
         if path:
             self.open_image(Path(path))
-
-    def roll_seed(self) -> None:
-        self.seed_spin.setValue(random.SystemRandom().randrange(MAX_SEED + 1))
 
     # -- running --------------------------------------------------------------------------
     def build_request(self) -> Any:

@@ -12,7 +12,6 @@ from typing import Any
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -26,11 +25,12 @@ from PySide6.QtWidgets import (
 )
 
 from studio.app.jobs import Job, JobSnapshot, JobState
-from studio.app.settings import OUTPUT_FORMATS, with_recent_model
+from studio.app.settings import with_recent_model
 from studio.models.shipped import shipped_upscalers
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
 from studio.ui.model_picker import MODEL_FILTER, ModelFilePicker
+from studio.ui.output_widgets import format_widgets
 from studio.ui.tool_tab import ToolTab
 
 MIN_TILE = 32  # the tiler's smallest tile (studio.engines.tiling.MIN_TILE, which imports torch)
@@ -87,11 +87,7 @@ class UpscaleTab(ToolTab):
         self.tile_spin.setSpecialValueText("Automatic")
         self.tile_spin.setSuffix(" px")
         self.tile_spin.setValue(self.window_.ctx.settings.tile_size)
-        self.format_combo = QComboBox()
-        self.format_combo.addItems(OUTPUT_FORMATS)
-        self.format_combo.setCurrentText(self.window_.ctx.settings.output_format)
-        self.quality_spin = QSpinBox(minimum=1, maximum=100)
-        self.quality_spin.setValue(self.window_.ctx.settings.jpeg_quality)
+        self.format_combo, self.quality_spin = format_widgets(self.window_.ctx.settings)
         self.run_button = QPushButton("Upscale")
         self.run_button.setToolTip("Upscale the image (Ctrl+Enter)")
         self.run_button.setDefault(True)
