@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -229,8 +228,8 @@ def run(
 ) -> RestoreResult:
     """Restore `request.input_path`; the caller saves the pictures (and `write_extras`)."""
     from studio.engines.upscale import auto_tile
-    from studio.models.device import choose_dtype, dtype_name, resolve_device
-    from studio.models.upscalers import inspect_model
+    from studio.models.device import dtype_name
+    from studio.models.upscalers import inspect_model, placement, use_model
 
     started = time.perf_counter()
     info = inspect_model(request.model_path or _default_model())
@@ -241,17 +240,11 @@ def run(
         )
     picture = load_picture(request.input_path)
     mask = load_mask(request.mask_path, picture) if request.mask_path else None
-    device = resolve_device(request.device)
-    choice = choose_dtype(
-        device,
-        request.precision,
-        supports_half=info.supports_half,
-        supports_bf16=info.supports_bf16,
-    )
+    device, choice = placement(info, request.device, request.precision)
     progress(0.0, choice.reason or f"Loading {info.name}")
     if cancelled():
         raise Cancelled
-    with _model(info, device, choice.dtype, cache) as model:
+    with use_model(info, device, choice.dtype, cache) as model:
         tile = request.tile or max(auto_tile(info, device, choice.dtype), MIN_TILE)
         restorer = _restorer_for(model, info, request)
         outcome = restorer(model, info, picture, mask, request, tile, progress, cancelled)
@@ -333,17 +326,6 @@ def _default_model() -> str:
     from studio.models.shipped import default_restorer
 
     return str(default_restorer())
-
-
-@contextmanager
-def _model(info: Any, device: Any, dtype: Any, cache: Any | None) -> Iterator[Any]:
-    from studio.models.upscalers import load_model, use_model
-
-    if cache is None:
-        yield load_model(info.path, device, dtype)
-        return
-    with use_model(info, device, dtype, cache) as model:
-        yield model
 
 
 def load_mask(path: str, picture: Picture) -> np.ndarray:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -38,12 +37,10 @@ from studio.models.cache import ModelCache
 from studio.models.device import (
     DEVICE_CHOICES,
     PRECISION_CHOICES,
-    choose_dtype,
     dtype_name,
     free_memory_bytes,
 )
-from studio.models.device import resolve_device as _resolve_device
-from studio.models.upscalers import ModelInfo, inspect_model, load_model, use_model
+from studio.models.upscalers import ModelInfo, inspect_model, placement, use_model
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp", "tiff")
 MAX_SCALE = 16.0
@@ -167,17 +164,11 @@ def run(
     picture = load_picture(request.input_path)
     width, height = _target_size(picture, request.scale or info.scale)
     _check_result_fits(width, height, picture.channels)
-    device = _resolve_device(request.device)
-    choice = choose_dtype(
-        device,
-        request.precision,
-        supports_half=info.supports_half,
-        supports_bf16=info.supports_bf16,
-    )
+    device, choice = placement(info, request.device, request.precision)
     progress(0.0, choice.reason or f"Loading {info.name}")
     if cancelled():
         raise Cancelled
-    with _model(info, device, choice.dtype, cache) as model:
+    with use_model(info, device, choice.dtype, cache) as model:
         tile = request.tile or auto_tile(info, device, choice.dtype)
         pixels = upscale_pixels(
             model, info, picture.pixels, tile=tile, progress=progress, cancelled=cancelled
@@ -213,17 +204,6 @@ def _check_result_fits(width: int, height: int, channels: int) -> None:
             f"The result would be {width}x{height} pixels, about {needed / 2**30:.1f} GiB in "
             f"memory, and {free / 2**30:.1f} GiB is free. Choose a smaller scale or image."
         )
-
-
-@contextmanager
-def _model(
-    info: ModelInfo, device: torch.device, dtype: torch.dtype, cache: ModelCache | None
-) -> Iterator[ImageModelDescriptor]:
-    if cache is None:
-        yield load_model(info.path, device, dtype)
-        return
-    with use_model(info, device, dtype, cache) as model:
-        yield model
 
 
 def auto_tile(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> int:

@@ -38,6 +38,7 @@ from spandrel import (
 from studio.errors import UserError
 from studio.imaging import file_sha256
 from studio.models.cache import ModelCache, ModelKey
+from studio.models.device import DtypeChoice, choose_dtype, resolve_device
 from studio.models.studio_architectures import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -148,11 +149,25 @@ def load_model(
         return model
 
 
+def placement(info: ModelInfo, device: str, precision: str) -> tuple[torch.device, DtypeChoice]:
+    """The device a run asked for (or the best present) and the precision `info` can run in
+    there; the choice says why when it differs from the request."""
+    where = resolve_device(device)
+    choice = choose_dtype(
+        where, precision, supports_half=info.supports_half, supports_bf16=info.supports_bf16
+    )
+    return where, choice
+
+
 @contextmanager
 def use_model(
-    info: ModelInfo, device: torch.device, dtype: torch.dtype, cache: ModelCache
+    info: ModelInfo, device: torch.device, dtype: torch.dtype, cache: ModelCache | None
 ) -> Iterator[ImageModelDescriptor]:
-    """Hold the model of `info` from `cache` (loading it on a miss) for the `with` block."""
+    """Hold the model of `info` from `cache` (loading it on a miss) for the `with` block;
+    without a cache, a fresh copy that is dropped after it."""
+    if cache is None:
+        yield _load(Path(info.path), device, dtype)
+        return
     key = ModelKey.of(info.sha256, device, dtype)
     size_hint = info.parameters * torch.finfo(dtype).bits // 8
     loader = lambda: _load(Path(info.path), device, dtype)  # noqa: E731
