@@ -1,4 +1,5 @@
-"""The main window with the tiny diffusion models, for the Generate and Inpaint tab tests."""
+"""The real main window for the UI tests (on the test's own STUDIO_HOME), and the tiny diffusion
+models the Generate and Inpaint tab tests use."""
 
 from __future__ import annotations
 
@@ -23,12 +24,44 @@ def diffusion_models(diffusion_models, tmp_path_factory) -> dict[str, Path]:
     return {**diffusion_models, "turbo": turbo, "not_a_model": not_a_model}
 
 
+class MainWindows:
+    """Opens main windows, each on its own context; whatever is still open is closed at the
+    end of the test (a test that restarts Studio closes one and opens another)."""
+
+    def __init__(self, qtbot) -> None:
+        self.qtbot = qtbot
+        self.open_windows: list[MainWindow] = []
+
+    def open(self) -> MainWindow:
+        window = MainWindow(AppContext.open())
+        self.qtbot.addWidget(window)
+        window.show()
+        self.open_windows.append(window)
+        return window
+
+    def close(self, window: MainWindow) -> None:
+        self.open_windows.remove(window)
+        window.close()
+        window.ctx.close()
+
+    def close_all(self) -> None:
+        for window in list(self.open_windows):
+            self.close(window)
+
+
 @pytest.fixture
-def diffusion_window(qtbot, hf_cache, monkeypatch, one_torch_thread):
+def main_windows(qtbot):
+    windows = MainWindows(qtbot)
+    yield windows
+    windows.close_all()
+
+
+@pytest.fixture
+def main_window(main_windows) -> MainWindow:
+    return main_windows.open()
+
+
+@pytest.fixture
+def diffusion_window(main_windows, hf_cache, monkeypatch, one_torch_thread) -> MainWindow:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
-    window = MainWindow(AppContext.open())
-    qtbot.addWidget(window)
-    window.show()
-    yield window
-    window.close()
-    window.ctx.close()
+    return main_windows.open()

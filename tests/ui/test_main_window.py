@@ -9,7 +9,6 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDropEvent
 from tiny_models import make_compact
 
-from studio.app.context import AppContext
 from studio.app.jobs import JobState
 from studio.ui.main_window import MainWindow
 
@@ -29,24 +28,9 @@ def model(tmp_path) -> Path:
     return make_compact(tmp_path / "tiny-compact-x4.pth", scale=4)
 
 
-def open_window(qtbot) -> MainWindow:
-    ctx = AppContext.open()
-    window = MainWindow(ctx)
-    qtbot.addWidget(window)
-    window.show()
-    return window
-
-
-def close_window(window: MainWindow) -> None:
-    window.close()
-    window.ctx.close()
-
-
 @pytest.fixture
-def window(qtbot):
-    window = open_window(qtbot)
-    yield window
-    close_window(window)
+def window(main_window) -> MainWindow:
+    return main_window
 
 
 def choose(window: MainWindow, qtbot, photo: Path, model: Path):
@@ -64,8 +48,8 @@ def run_and_wait(window: MainWindow, qtbot, timeout: int = 60_000):
     return blocker.args[0]
 
 
-def test_upscale_is_reviewed_and_the_review_survives_a_restart(qtbot, photo, model):
-    window = open_window(qtbot)
+def test_upscale_is_reviewed_and_the_review_survives_a_restart(qtbot, main_windows, photo, model):
+    window = main_windows.open()
     tab = choose(window, qtbot, photo, model)
     assert "Compact" in tab.model_label.text() or "SRVGG" in tab.model_label.text()
     tab.tile_spin.setValue(32)  # several tiles, so there is progress between start and end
@@ -82,16 +66,13 @@ def test_upscale_is_reviewed_and_the_review_survives_a_restart(qtbot, photo, mod
     qtbot.waitUntil(lambda: panel.current_id() == entry.id)
     panel.approve_selected()
     assert window.ctx.history.get(entry.id).review == "approved"
-    close_window(window)
+    main_windows.close(window)
 
-    reopened = open_window(qtbot)
-    try:
-        stored = reopened.ctx.history.get(entry.id)
-        assert stored.review == "approved"
-        assert stored.outputs[0].path.is_file()
-        assert reopened.history_panel.model.rowCount() == 1
-    finally:
-        close_window(reopened)
+    reopened = main_windows.open()
+    stored = reopened.ctx.history.get(entry.id)
+    assert stored.review == "approved"
+    assert stored.outputs[0].path.is_file()
+    assert reopened.history_panel.model.rowCount() == 1
 
 
 def test_cancelling_a_running_upscale_leaves_no_output(window, qtbot, tmp_path, model):

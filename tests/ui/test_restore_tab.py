@@ -8,7 +8,6 @@ from PIL import Image
 from PySide6.QtCore import QPointF
 from tiny_models import make_compact, make_restore_vae
 
-from studio.app.context import AppContext
 from studio.app.jobs import JobState
 from studio.ui.main_window import MainWindow
 
@@ -29,14 +28,8 @@ def vae(tmp_path) -> Path:
 
 
 @pytest.fixture
-def window(qtbot):
-    ctx = AppContext.open()
-    window = MainWindow(ctx)
-    qtbot.addWidget(window)
-    window.show()
-    yield window
-    window.close()
-    window.ctx.close()
+def window(main_window) -> MainWindow:
+    return main_window
 
 
 @pytest.fixture
