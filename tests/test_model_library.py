@@ -314,16 +314,38 @@ def test_two_studios_importing_at_once_both_keep_their_record(library, tmp_path,
     other_file = make_compact(tmp_path / "mine" / "other-x2.safetensors", scale=2)
     copy_in = ModelLibrary._copy_in
 
-    def slow_copy(self, source, name, progress, cancelled):
+    def slow_copy(self, source, progress, cancelled):
         if self is library:  # the other Studio records its import during this one's copy
             other_library.import_path(other_file, copy=False)
-        return copy_in(self, source, name, progress, cancelled)
+        return copy_in(self, source, progress, cancelled)
 
     monkeypatch.setattr(ModelLibrary, "_copy_in", slow_copy)
     library.import_path(make_esrgan(tmp_path / "mine" / "big-x4.pth", scale=4), copy=True)
 
     names = {item.name for item in ModelLibrary(user_dirs()).installed("upscale")}
     assert {"big-x4", "other-x2"} <= names
+
+
+def test_two_studios_copying_files_of_one_name_keep_both_files(library, tmp_path, monkeypatch):
+    other_library = ModelLibrary(user_dirs())
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    first = make_esrgan(tmp_path / "a" / "portrait.pth", scale=4)
+    second = make_compact(tmp_path / "b" / "portrait.pth", scale=2)
+    copy_in = ModelLibrary._copy_in
+
+    def slow_copy(self, source, progress, cancelled):
+        if self is library:  # the other Studio copies and records a namesake meanwhile
+            other_library.import_path(second, copy=True)
+        return copy_in(self, source, progress, cancelled)
+
+    monkeypatch.setattr(ModelLibrary, "_copy_in", slow_copy)
+    library.import_path(first, copy=True)
+
+    items = {item.name: item for item in ModelLibrary(user_dirs()).installed("upscale")}
+    assert {"portrait", "portrait-2"} <= set(items)
+    copies = {sha256(Path(items[name].location)) for name in ("portrait", "portrait-2")}
+    assert copies == {sha256(first), sha256(second)}  # each record points at its own bytes
 
 
 def test_a_library_held_by_another_studio_is_a_clear_error(library, upscaler_file, monkeypatch):

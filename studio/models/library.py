@@ -213,51 +213,53 @@ class ModelLibrary:
                 f"{source.name} is a {detected.family} model for {detected.tool}, not {tool}."
             )
         sha256 = _hash(source, progress, cancelled)
-        _refuse_duplicate(self._records(), source, sha256)
+        _refuse_duplicate(self._records(), source, sha256)  # before a long copy
         entry = self._matching_entry(source, sha256, detected.tool)
-        name = (
-            entry.name
-            if entry
-            else self._free_name(source.stem if source.is_file() else source.name)
-        )
-        location = self._copy_in(source, name, progress, cancelled) if copy else source
-        record = {
-            "name": name,
-            "tool": detected.tool,
-            "kind": detected.kind,
-            "family": detected.family,
-            "location": str(location),
-            "in_place": not copy,
-            "sha256": sha256,
-            "size_bytes": _disk_size(location),
-            "catalogue": entry.name if entry else None,
-            "added": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
+        stem = source.stem if source.is_file() else source.name
+        copied = self._copy_in(source, progress, cancelled) if copy else None
+        record: dict[str, Any] = {}
 
         def add(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            # Checked again under the lock: another Studio may have imported meanwhile.
+            # Under the lock: another Studio may have imported meanwhile. The name is chosen and
+            # the copy renamed into place here, so two imports never claim one name or file.
             _refuse_duplicate(records, source, sha256)
-            if any(r["name"].casefold() == name.casefold() for r in records):
-                raise LibraryError(
-                    f"Another Studio just imported a model named {name}; import {source.name} "
-                    "again to give it another name."
-                )
+            name = entry.name if entry else self._free_name(stem)
+            location = source
+            if copied is not None:
+                location = self.imports_dir / (name + source.suffix if source.is_file() else name)
+                try:
+                    os.replace(copied, location)
+                except OSError as error:
+                    raise LibraryError(
+                        f"Could not place {source.name} in {self.imports_dir}: {error}."
+                    ) from error
+            record.update(
+                name=name,
+                tool=detected.tool,
+                kind=detected.kind,
+                family=detected.family,
+                location=str(location),
+                in_place=not copy,
+                sha256=sha256,
+                size_bytes=_disk_size(location),
+                catalogue=entry.name if entry else None,
+                added=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            )
             return [*records, record]
 
         try:
             self._change_records(add)
-        except LibraryError:
-            if copy:
-                _delete(location)
-            raise
-        progress(1.0, f"Imported {name}.")
-        return self.find(name)
+        finally:
+            if copied is not None and copied.exists():  # refused: only this import's copy goes
+                _delete(copied)
+        progress(1.0, f"Imported {record['name']}.")
+        return self.find(record["name"])
 
-    def _copy_in(self, source: Path, name: str, progress: Progress, cancelled: CancelCheck) -> Path:
-        """Copy to a temporary name in the imports folder, then rename: all or nothing."""
+    def _copy_in(self, source: Path, progress: Progress, cancelled: CancelCheck) -> Path:
+        """A complete copy under a temporary name in the imports folder (all or nothing); the
+        import renames it once the registry takes it."""
         self.imports_dir.mkdir(parents=True, exist_ok=True)
-        target = self.imports_dir / (name + source.suffix if source.is_file() else name)
-        temporary = self.imports_dir / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        temporary = self.imports_dir / f".{source.name}.{secrets.token_hex(4)}.tmp"
         try:
             if source.is_dir():
                 progress(0.0, f"Copying {source.name}…")
@@ -266,16 +268,14 @@ class ModelLibrary:
                 _copy_file(source, temporary, progress, cancelled)
             if cancelled():
                 raise Cancelled(f"Import of {source.name} cancelled; nothing was copied.")
-            os.replace(temporary, target)
-        except OSError as error:
-            raise LibraryError(
-                f"Could not copy {source.name} into {self.imports_dir}: {error}."
-            ) from error
-        finally:
-            if temporary.is_dir():
-                shutil.rmtree(temporary, ignore_errors=True)
-            temporary.unlink(missing_ok=True)
-        return target
+        except BaseException as error:
+            _delete(temporary)
+            if isinstance(error, OSError):
+                raise LibraryError(
+                    f"Could not copy {source.name} into {self.imports_dir}: {error}."
+                ) from error
+            raise
+        return temporary
 
     # --- Removing ------------------------------------------------------------------------------
 

@@ -166,7 +166,7 @@ def use_model(
     """Hold the model of `info` from `cache` (loading it on a miss) for the `with` block;
     without a cache, a fresh copy that is dropped after it."""
     if cache is None:
-        yield _load(Path(info.path), device, dtype)
+        yield _load(_checked_path(info.path), device, dtype)
         return
     key = ModelKey.of(info.sha256, device, dtype)
     size_hint = info.parameters * torch.finfo(dtype).bits // 8
