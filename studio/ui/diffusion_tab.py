@@ -140,7 +140,6 @@ class DiffusionTab(ToolTab):
             self.report_unfinished(job)
             return
         entry = job.result
-        self.last_entry_id = entry.id
         self.show_result(entry)
         seed = entry.seed if entry.seed is not None else (run.seed if run else "?")
         left = f" · {len(self._runs)} more to go" if self._runs else ""
@@ -154,6 +153,7 @@ class DiffusionTab(ToolTab):
             button.setEnabled(True)
 
     def show_result(self, entry: Any) -> None:
+        """Show a finished entry, and set `last_entry_id` to what the send buttons send."""
         raise NotImplementedError
 
     def send_result(self, tab_title: str) -> None:

@@ -198,6 +198,9 @@ class GenerateTab(DiffusionTab):
 
     def _result_chosen(self, entry_id: int, path: Path) -> None:
         """The picked result is shown, and is the one the To … buttons send."""
+        if not path.is_file():
+            self.set_status(f"Entry #{entry_id} was deleted from the History.", error=True)
+            return
         self.last_entry_id = entry_id
         self.result_path = path
         self.view.set_before(None)

@@ -77,13 +77,20 @@ class InpaintTab(DiffusionTab):
         self.padding.setSuffix(" px")
         self.padding.setToolTip("Context around the mask that the model sees")
         self.only_masked.toggled.connect(self.padding.setEnabled)
-        self.resolution = QSpinBox(minimum=0, maximum=MAX_SIDE, singleStep=64, value=0)
+        self.native_resolution = QCheckBox("The model's own")
+        self.native_resolution.setChecked(True)
+        self.native_resolution.setToolTip("Repaint at the side the model was trained at")
+        self.resolution = QSpinBox(minimum=MIN_SIDE, maximum=MAX_SIDE, singleStep=64, value=512)
         self.resolution.setSuffix(" px")
-        self.resolution.setSpecialValueText("The model's own")
+        self.resolution.setEnabled(False)
         self.resolution.setToolTip(
             "The side the model repaints at (the area is scaled to it and back): higher gives a "
-            "small area more detail but takes longer; the model's own is what it was trained at"
+            "small area more detail but takes longer; multiples of 8"
         )
+        self.resolution.editingFinished.connect(
+            lambda: self.resolution.setValue(self.resolution.value() // 8 * 8)
+        )
+        self.native_resolution.toggled.connect(lambda on: self.resolution.setEnabled(not on))
         form = self.controls.form
         form.insertRow(0, self.open_button)
         form.insertRow(1, self.input_label)
@@ -91,7 +98,10 @@ class InpaintTab(DiffusionTab):
         form.addRow("Mask blur", self.mask_blur)
         form.addRow(self.only_masked)
         form.addRow("Padding", self.padding)
-        form.addRow("Resolution", self.resolution)
+        resolution_row = QHBoxLayout()
+        resolution_row.addWidget(self.native_resolution)
+        resolution_row.addWidget(self.resolution, 1)
+        form.addRow("Resolution", resolution_row)
 
         controls = QWidget()
         column = QVBoxLayout(controls)
@@ -128,6 +138,8 @@ class InpaintTab(DiffusionTab):
         layout.addWidget(splitter)
 
     def _family_changed(self, family: Any, adopt_defaults: bool) -> None:
+        if family is not None and self.native_resolution.isChecked():
+            self.resolution.setValue(family.native)  # where a custom resolution starts from
         if family is not None and adopt_defaults:
             self.strength.setValue(INPAINTING_STRENGTH if family.inpainting else ORDINARY_STRENGTH)
 
@@ -172,9 +184,10 @@ class InpaintTab(DiffusionTab):
         )
 
     def working_resolution(self) -> int:
-        """The resolution spin as a request takes it: 0 (the model's own) or a multiple of 8."""
-        value = self.resolution.value()
-        return 0 if value == 0 else max(MIN_SIDE, value // 8 * 8)
+        """As a request takes it: 0 (the model's own) or a multiple of 8."""
+        if self.native_resolution.isChecked():
+            return 0
+        return self.resolution.value() // 8 * 8
 
     def run(self) -> None:
         if not self.has_model():
@@ -220,7 +233,9 @@ class InpaintTab(DiffusionTab):
         self.mask_blur.setValue(request.mask_blur)
         self.only_masked.setChecked(request.only_masked)
         self.padding.setValue(request.padding)
-        self.resolution.setValue(request.resolution)
+        self.native_resolution.setChecked(request.resolution == 0)
+        if request.resolution:
+            self.resolution.setValue(request.resolution)
 
     def preview_size(self, request: Any) -> tuple[int, int]:
         """The crop the model repaints: its preview is shown at that size."""
@@ -243,6 +258,7 @@ class InpaintTab(DiffusionTab):
     def show_result(self, entry: Any) -> None:
         if not entry.outputs:
             return
+        self.last_entry_id = entry.id
         self.pages.setCurrentWidget(self.view)
         self.view.set_image(load_qimage(entry.outputs[0].path))
         if self.input_path is not None:

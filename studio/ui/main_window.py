@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 from superqt.utils import create_worker
 
 from studio.app.context import AppContext
+from studio.app.history import EntryNotFound
 from studio.app.jobs import Job, JobSnapshot
 from studio.app.runs import TOOLS, execute, request_from_entry
 from studio.errors import UserError
@@ -211,7 +212,11 @@ class MainWindow(QMainWindow):
         tab.submit(request)
 
     def send_to(self, entry_id: int, tab_title: str) -> None:
-        entry = self.ctx.history.get(entry_id)
+        try:
+            entry = self.ctx.history.get(entry_id)
+        except EntryNotFound:
+            self.notifications.error(f"Entry #{entry_id} is no longer in the history.")
+            return
         if not entry.outputs:
             self.notifications.error(f"Entry #{entry_id} has no output to send.")
             return

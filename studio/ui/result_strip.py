@@ -29,10 +29,13 @@ class ResultStrip(QListWidget):
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.setToolTip("This session's results, newest first: click one to show and send it")
         self.setVisible(False)
-        self.currentItemChanged.connect(self._current_changed)
+        self.currentItemChanged.connect(self._show)
+        self.itemClicked.connect(self._show)  # back to it after another run's previews
 
     def add(self, entry_id: int, path: Path, label: str) -> None:
-        """Put a result first and make it the current one."""
+        """Put a result first. It becomes the current one unless an older one is picked: a run
+        finishing does not take away what the user is looking at (which is shown again)."""
+        following = self.currentRow() <= 0
         pixmap = QPixmap(str(path))
         if not pixmap.isNull():
             pixmap = pixmap.scaled(
@@ -48,12 +51,15 @@ class ResultStrip(QListWidget):
         while self.count() > MAX_RESULTS:
             self.takeItem(self.count() - 1)
         self.setVisible(self.count() > 1)
-        self.setCurrentRow(0)
+        if following:
+            self.setCurrentRow(0)
+        else:
+            self._show(self.currentItem())
 
     def entry_ids(self) -> list[int]:
         return [self.item(row).data(Qt.ItemDataRole.UserRole)[0] for row in range(self.count())]
 
-    def _current_changed(self, item: QListWidgetItem | None, _previous) -> None:
+    def _show(self, item: QListWidgetItem | None, _previous: object = None) -> None:
         if item is not None:
             entry_id, path = item.data(Qt.ItemDataRole.UserRole)
             self.chosen.emit(entry_id, path)

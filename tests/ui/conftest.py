@@ -45,8 +45,14 @@ class MainWindows:
         window.ctx.close()
 
     def close_all(self) -> None:
+        errors = []
         for window in list(self.open_windows):
-            self.close(window)
+            try:
+                self.close(window)
+            except Exception as error:  # close the others, then report
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture
@@ -62,6 +68,7 @@ def main_window(main_windows) -> MainWindow:
 
 
 @pytest.fixture
-def diffusion_window(main_windows, hf_cache, monkeypatch, one_torch_thread) -> MainWindow:
+def diffusion_window(hf_cache, monkeypatch, one_torch_thread, main_windows) -> MainWindow:
+    # main_windows last: set up after, so torn down before, the environment the window ran in
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
     return main_windows.open()

@@ -194,6 +194,12 @@ def test_the_results_strip_shows_and_sends_the_picked_image(window, tab, qtbot, 
     assert shown == load_qimage(oldest.outputs[0].path)
     assert "seed 200" in strip.currentItem().toolTip()
 
+    tab.count_spin.setValue(1)  # another run finishing keeps the older pick on show
+    newest = run_and_wait(window, qtbot)[0].result
+    assert strip.count() == 4 and strip.entry_ids()[0] == newest.id
+    assert strip.currentItem().toolTip().startswith("seed 200")
+    assert tab.view.image() == load_qimage(oldest.outputs[0].path)
+
     tab.send_buttons["Upscale"].click()
     upscale = window.tool_tabs["upscale"]
     assert window.tabs.currentWidget() is upscale

@@ -173,6 +173,9 @@ def test_the_working_resolution_reaches_the_request_and_comes_back_on_rerun(
     ready(tab, qtbot, diffusion_models["folder"], photo)
     masked = paint(tab)
     assert tab.working_resolution() == 0  # the model's own, by default
+    assert not tab.resolution.isEnabled()
+    assert tab.resolution.value() == tab.controls.family.native  # a custom one starts there
+    tab.native_resolution.setChecked(False)
     tab.resolution.setValue(100)
     assert tab.working_resolution() == 96  # a multiple of 8, as the model needs
     job = run_and_wait(window, qtbot)
@@ -181,7 +184,8 @@ def test_the_working_resolution_reaches_the_request_and_comes_back_on_rerun(
     assert np.array_equal(after[~masked], pixels(photo)[~masked])
     assert window.ctx.history.get(job.result.id).request["resolution"] == 96
 
-    tab.resolution.setValue(0)
+    tab.native_resolution.setChecked(True)
     with qtbot.waitSignal(window.jobs.finished, timeout=120_000):
         window.rerun(job.result.id)
-    assert tab.resolution.value() == 96
+    assert not tab.native_resolution.isChecked()
+    assert tab.working_resolution() == 96
