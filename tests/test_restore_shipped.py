@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from studio.engines.restore import RestoreRequest, run
+from studio.imaging import file_sha256
 from studio.models.shipped import default_restorer, shipped_restorers, shipped_upscalers
 from studio.models.upscalers import inspect_model, load_model
 from studio.nn.restore_vae import RestoreVAE
@@ -52,6 +53,13 @@ def test_the_shipped_restorer_is_a_few_mb_of_safetensors_with_a_model_card():
         assert archive.metadata()["architecture"] == "StudioRestoreVAE"
     assert path.with_suffix(".md").is_file()
     assert path not in shipped_upscalers()  # the Upscale tab does not offer it
+
+
+def test_the_model_card_describes_the_file_that_ships():
+    path = default_restorer()
+    card = path.with_suffix(".md").read_text(encoding="utf-8")
+    assert f"`{file_sha256(path)}`" in card
+    assert f"{path.stat().st_size:,} bytes" in card
 
 
 def test_the_shipped_weights_load_through_the_same_path_as_a_user_file(tmp_path):

@@ -91,6 +91,7 @@ def make_restore_vae(
     *,
     texture: float = 0.05,
     prefilter: float = 0.0,
+    fine: int = 1,
 ) -> Path:
     """Save a tiny random-weight restoration VAE, as `studio.train.restore` saves the real one.
 
@@ -99,12 +100,14 @@ def make_restore_vae(
     from studio.nn.restore_vae import RestoreVAE
 
     torch.manual_seed(seed)
-    model = RestoreVAE(width, latent, blocks, prefilter).eval()
+    model = RestoreVAE(width, latent, blocks, prefilter, fine).eval()
     with torch.no_grad():
+        for block in model.fine:  # trained blocks are not the no-ops they start as
+            block.conv2.weight.normal_(0, 0.2)
         model.head.weight[:3].normal_(0, 0.5)
         model.from_latent.weight.mul_(4)
         model.posterior.bias[latent:].fill_(-1.0)  # posterior std ~0.6: samples differ
-    _calibrate(model, model.head, channels=5, target=texture, seed=seed, planes=3)
+    _calibrate(model, model.head, channels=8, target=texture, seed=seed, planes=3)
     with torch.no_grad():
         model.head.bias[4] = -3.0
     return _save(path, model.state_dict(), params_ema=False)

@@ -58,7 +58,7 @@ VAE_OVERLAP = 64  # the VAE's reach (a latent at 1/4 resolution) needs more cont
 # it; chosen on the validation photos aged as the bench ages them (a false alarm costs a filled
 # patch of real texture, a miss a visible scratch).
 DAMAGE_THRESHOLD = 0.85
-DAMAGE_GROW = 1
+DAMAGE_GROW = 0
 LEVELS_PERCENTILE = 0.5  # per-channel black and white points of the colour-cast correction
 MAX_LEVELS_GAIN = 3.0
 UNCERTAINTY_FULL_SCALE = 0.25  # a standard deviation of this (in [0, 1] units) is white in the map
@@ -448,7 +448,7 @@ def _restore_with_vae(
 
 
 class _VAEPasses:
-    """One picture through the restoration VAE: a pass is one tiled run of the five planes."""
+    """One picture through the restoration VAE: a pass is one tiled run of its eight planes."""
 
     def __init__(self, model: Any, rgb: np.ndarray, tile: int, cancelled: CancelCheck) -> None:
         import torch
@@ -457,8 +457,12 @@ class _VAEPasses:
 
         self.model = model
         self.net = model.model
-        seen = prefilter(rgb, float(self.net.prefilter_strength))
-        self.rgb = torch.from_numpy(np.ascontiguousarray(seen)).permute(2, 0, 1).unsqueeze(0)
+
+        def planes(pixels: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
+
+        self.rgb = planes(prefilter(rgb, float(self.net.prefilter_strength)))
+        self.raw = planes(rgb)
         self.tile = tile
         self.cancelled = cancelled
 
@@ -478,7 +482,7 @@ class _VAEPasses:
         latent = torch.zeros(1, 1, height, width)
         if noise is not None:
             latent = torch.from_numpy(noise)[None, None]
-        planes = torch.cat([self.rgb, mask, latent], dim=1)
+        planes = torch.cat([self.rgb, mask, latent, self.raw], dim=1)
         planes = planes.to(device=self.model.device, dtype=self.model.dtype)
         net = self.net
 

@@ -7,14 +7,17 @@ half resolution carrying the detail the small latent cannot. The decoder predict
 the input, a per-pixel Laplace scale (how unsure it is of each pixel) and a damage probability
 (scratches, dust, creases) from the same features.
 
-Inputs are five planes, so that one tile of the picture carries everything its pixels depend on
+Inputs are eight planes, so that one tile of the picture carries everything its pixels depend on
 and a tiled run equals an untiled one:
 
-- RGB in [0, 1];
+- RGB in [0, 1]: the scan after the non-local-means prefilter (`prefilter`), which the network
+  refines (the residual is added to it);
 - the *inpaint mask*: 1 where the decoder must paint the photo anew (the pixels there are ignored);
   0 elsewhere, where damage is kept but the photo is denoised, deblurred and de-JPEGed;
 - a standard-normal noise plane that draws the latent sample: pixel-unshuffled by 4, its first
-  `latent` channels are the posterior's epsilon (all zeros = the posterior mean).
+  `latent` channels are the posterior's epsilon (all zeros = the posterior mean);
+- the raw scan's RGB: the detail the prefilter smoothed away along with the grain, which the
+  network needs to sharpen a blurred print.
 
 Outputs are five planes: the restored RGB, the damage probability and the uncertainty (the
 standard deviation of the Laplace likelihood, in [0, 1] units). Fully convolutional; height and
@@ -29,40 +32,51 @@ import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURE_ID = "StudioRestoreVAE"
-IN_PLANES = 5  # RGB, inpaint mask, latent noise
+IN_PLANES = 8  # prefiltered RGB, inpaint mask, latent noise, raw RGB
+STEM_INPUTS = 7  # prefiltered RGB, the mask, raw RGB (both RGBs blanked under the mask)
+FIRST_STEM_INPUTS = 4  # the first layout's: prefiltered RGB, the mask
 OUT_PLANES = 5  # RGB, damage probability, uncertainty
 MULTIPLE_OF = 4
 LOG_SCALE_FLOOR = -6.0  # a smooth lower bound on the Laplace log-scale (0.6 levels): keeps the
 # likelihood from exploding on the pixels the network is wrongly sure of
 # Config keys stored beside the weights, so that a file describes the network it builds.
-CONFIG_KEYS = ("width", "latent", "blocks")
+CONFIG_KEYS = ("width", "latent", "blocks", "fine")
 
 
 class ResBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, *, identity: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        if identity:  # start as a no-op: a block added to a trained network changes nothing yet
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.leaky_relu(self.conv1(x), 0.2))
 
 
 class RestoreVAE(nn.Module):
-    """`width` features at full resolution, 2x at half and 4x at a quarter (the latent's)."""
+    """`width` features at full resolution, 2x at half and 4x at a quarter (the latent's);
+    `blocks` residual blocks per side at a quarter, `fine` at full resolution before the head."""
 
     def __init__(
-        self, width: int = 16, latent: int = 8, blocks: int = 2, prefilter: float = 0.0
+        self,
+        width: int = 16,
+        latent: int = 8,
+        blocks: int = 2,
+        prefilter: float = 0.0,
+        fine: int = 2,
     ) -> None:
         super().__init__()
         if not 1 <= latent <= 16:
             raise ValueError("the latent has 1 to 16 channels (one noise plane, unshuffled by 4)")
-        self.width, self.latent, self.blocks = width, latent, blocks
+        self.width, self.latent, self.blocks, self.fine_blocks = width, latent, blocks, fine
         # The strength of the non-local-means prefilter the network was trained behind (0 = none),
         # kept with the weights so that every caller feeds the network what it learnt from.
         self.register_buffer("prefilter_strength", torch.tensor(float(prefilter)))
         w1, w2, w4 = width, 2 * width, 4 * width
-        self.stem = nn.Conv2d(4, w1, 3, padding=1)
+        self.stem = nn.Conv2d(STEM_INPUTS, w1, 3, padding=1)
         self.down1 = nn.Conv2d(w1, w2, 4, stride=2, padding=1)
         self.enc1 = ResBlock(w2)
         self.down2 = nn.Conv2d(w2, w4, 4, stride=2, padding=1)
@@ -75,6 +89,7 @@ class RestoreVAE(nn.Module):
         self.dec1_block = ResBlock(w2)
         self.up1 = nn.Conv2d(w2, w1 * 4, 3, padding=1)
         self.dec0 = nn.Conv2d(w1, w1, 3, padding=1)
+        self.fine = nn.Sequential(*[ResBlock(w1, identity=True) for _ in range(fine)])
         self.head = nn.Conv2d(w1, 3 + 1 + 1, 3, padding=1)  # residual, log-scale, damage logit
         with torch.no_grad():  # start as the identity: no residual until one is learnt
             self.head.weight[:3].zero_()
@@ -85,14 +100,16 @@ class RestoreVAE(nn.Module):
             "width": self.width,
             "latent": self.latent,
             "blocks": self.blocks,
+            "fine": self.fine_blocks,
             "prefilter": float(self.prefilter_strength),
         }
 
     def encode(
-        self, image: torch.Tensor, inpaint: torch.Tensor
+        self, image: torch.Tensor, raw: torch.Tensor, inpaint: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """The posterior's mean and log-variance at 1/4 resolution, and the skip features."""
-        x = torch.cat([image * (1 - inpaint), inpaint], dim=1)
+        keep = 1 - inpaint
+        x = torch.cat([image * keep, inpaint, raw * keep], dim=1)
         f1 = F.leaky_relu(self.stem(x), 0.2)
         f2 = self.enc1(F.leaky_relu(self.down1(f1), 0.2))
         f4 = self.enc2(F.leaky_relu(self.down2(f2), 0.2))
@@ -109,15 +126,15 @@ class RestoreVAE(nn.Module):
         h = F.leaky_relu(F.pixel_shuffle(self.up2(h), 2), 0.2)
         h = self.dec1_block(F.leaky_relu(self.dec1(h + f2), 0.2))
         h = F.leaky_relu(F.pixel_shuffle(self.up1(h), 2), 0.2)
-        h = F.leaky_relu(self.dec0(h + f1), 0.2)
+        h = self.fine(F.leaky_relu(self.dec0(h + f1), 0.2))
         residual, raw_scale, damage = self.head(h).split([3, 1, 1], dim=1)
         return residual, LOG_SCALE_FLOOR + F.softplus(raw_scale - LOG_SCALE_FLOOR), damage
 
     def forward_train(
-        self, image: torch.Tensor, inpaint: torch.Tensor, epsilon: torch.Tensor
+        self, image: torch.Tensor, raw: torch.Tensor, inpaint: torch.Tensor, epsilon: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Everything the training losses need, for a latent drawn with `epsilon`."""
-        mean, logvar, skips = self.encode(image, inpaint)
+        mean, logvar, skips = self.encode(image, raw, inpaint)
         z = mean + torch.exp(0.5 * logvar) * epsilon
         residual, log_scale, damage = self.decode(z, skips)
         return {
@@ -129,17 +146,20 @@ class RestoreVAE(nn.Module):
         }
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
-        """(N, 3 or 5, H, W) -> (N, 5, H, W): restored RGB, damage probability, uncertainty.
+        """(N, 3 or 8, H, W) -> (N, 5, H, W): restored RGB, damage probability, uncertainty.
 
-        Three planes (plain RGB, as a generic image-to-image caller passes) mean no inpainting
-        and the posterior mean."""
+        Three planes (plain RGB, as a generic image-to-image caller passes) are both the
+        prefiltered and the raw scan, with no inpainting and the posterior mean."""
         image = planes[:, :3]
-        if planes.shape[1] >= IN_PLANES:
-            inpaint, noise = planes[:, 3:4], planes[:, 4:5]
+        if planes.shape[1] not in (3, IN_PLANES):
+            raise ValueError(f"the network reads 3 or {IN_PLANES} planes, not {planes.shape[1]}")
+        if planes.shape[1] == IN_PLANES:
+            inpaint, noise, raw = planes[:, 3:4], planes[:, 4:5], planes[:, 5:8]
         else:
             inpaint = torch.zeros_like(image[:, :1])
             noise = torch.zeros_like(image[:, :1])
-        mean, logvar, skips = self.encode(image, inpaint)
+            raw = image
+        mean, logvar, skips = self.encode(image, raw, inpaint)
         epsilon = F.pixel_unshuffle(noise, MULTIPLE_OF)[:, : self.latent]
         z = mean + torch.exp(0.5 * logvar) * epsilon
         residual, log_scale, damage = self.decode(z, skips)
@@ -158,24 +178,64 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict[str, float]:
     width = int(state["stem.weight"].shape[0])
     latent = int(state["posterior.weight"].shape[0]) // 2
     blocks = len({key.split(".")[1] for key in state if key.startswith("enc2.")})
+    fine = len({key.split(".")[1] for key in state if key.startswith("fine.")})
     prefilter = float(state["prefilter_strength"]) if "prefilter_strength" in state else 0.0
-    return {"width": width, "latent": latent, "blocks": blocks, "prefilter": prefilter}
+    return {
+        "width": width,
+        "latent": latent,
+        "blocks": blocks,
+        "fine": fine,
+        "prefilter": prefilter,
+    }
 
 
 def is_restore_vae(state: dict[str, torch.Tensor]) -> bool:
-    """Whether `state` holds this network's weights (the keys no other architecture has)."""
+    """Whether `state` holds this network's weights (the keys no other architecture has),
+    in this layout or the first one (no raw-scan input)."""
     return all(
         key in state
         for key in ("stem.weight", "posterior.weight", "from_latent.weight", "dec0.weight")
-    ) and tuple(state["stem.weight"].shape[1:]) == (4, 3, 3)
+    ) and tuple(state["stem.weight"].shape[1:]) in {(STEM_INPUTS, 3, 3), (FIRST_STEM_INPUTS, 3, 3)}
 
 
 def build_from_state(state: dict[str, torch.Tensor]) -> RestoreVAE:
+    """The network `state` holds. A file of the first layout (no raw-scan input) becomes the
+    same network with that input unheard, so it restores as it always did."""
     config = infer_config(state)
     model = RestoreVAE(**config)  # type: ignore[arg-type]
     state = {**state, "prefilter_strength": torch.tensor(config["prefilter"])}
-    model.load_state_dict(state)
+    if state["stem.weight"].shape[1] == FIRST_STEM_INPUTS:
+        warm_start(model, state)
+    else:
+        model.load_state_dict(state)
     return model
+
+
+def warm_start(model: RestoreVAE, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy `state` into `model` where it fits, and name what was not copied.
+
+    A convolution that gained input channels keeps the old ones first and zeros for the new
+    (a new input plane starts unheard); blocks `state` lacks keep their no-op start."""
+    fresh = []
+    target = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in target.items():
+            old = state.get(name)
+            if old is not None and old.shape == tensor.shape:
+                tensor.copy_(old)
+            elif (
+                old is not None
+                and old.dim() == tensor.dim() > 1
+                and old.shape[1] < tensor.shape[1]
+                and old.shape[:1] + old.shape[2:] == tensor.shape[:1] + tensor.shape[2:]
+            ):
+                tensor.zero_()
+                tensor[:, : old.shape[1]] = old
+                fresh.append(f"{name}[:, {old.shape[1]}:]")
+            else:
+                fresh.append(name)
+    model.load_state_dict(target)
+    return fresh
 
 
 def prefilter(rgb: np.ndarray, strength: float) -> np.ndarray:

@@ -20,7 +20,7 @@ from studio.train.degrade import downscale, jpeg, quantise
 
 PYRAMID_LONG_SIDES = (1024, 1536, 2304)
 EVAL_LONG_SIDE = 1536  # validation and test photos are measured at this size
-FLAT_KEEP = 0.15  # share of flat patches kept
+FLAT_KEEP = 0.15  # share of flat patches kept (by default: the upscalers learn from detail)
 FLAT_GRADIENT = 0.03  # mean absolute neighbour difference (x plus y) below which a patch is flat
 
 
@@ -38,9 +38,12 @@ def load_photo(path: Path, long_side: int | None = None) -> np.ndarray:
 class PatchPool:
     """Random high-resolution patches from photos in memory."""
 
-    def __init__(self, photos: Sequence[Path], patch: int, rng: random.Random) -> None:
+    def __init__(
+        self, photos: Sequence[Path], patch: int, rng: random.Random, flat_keep: float = FLAT_KEEP
+    ) -> None:
         self.patch = patch
         self.rng = rng
+        self.flat_keep = flat_keep
         self.images: list[np.ndarray] = []
         for path in photos:
             native = load_photo(path)
@@ -63,7 +66,7 @@ class PatchPool:
             top = self.rng.randrange(image.shape[0] - self.patch + 1)
             left = self.rng.randrange(image.shape[1] - self.patch + 1)
             crop = image[top : top + self.patch, left : left + self.patch]
-            if _textured(crop) or self.rng.random() < FLAT_KEEP:
+            if _textured(crop) or self.rng.random() < self.flat_keep:
                 break
         crop = np.rot90(crop, self.rng.randrange(4))
         if self.rng.random() < 0.5:

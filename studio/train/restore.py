@@ -17,7 +17,10 @@ keeps the latent a posterior.
 An exponential moving average of the weights is measured on fixed aged crops of the validation
 photos every `--eval-every` seconds and the best PSNR kept. Seeded throughout; `--steps` makes the
 training repeat exactly, `--minutes` sets the learning-rate schedule by the clock. `--resume FILE`
-continues from saved weights. Weights are saved as fp32 safetensors with the facts in metadata.
+continues from saved weights; `--init FILE` starts a network of another shape from them where
+they fit (new inputs and blocks start as no-ops). Batches are aged in `--workers` background
+processes (the non-local-means prefilter costs more than a training step). Weights are saved
+as fp32 safetensors with the facts in metadata.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ import argparse
 import copy
 import json
 import math
+import queue
 import random
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,11 +51,17 @@ from studio.nn.restore_vae import (
     build_from_state,
     kl_divergence,
     prefilter,
+    warm_start,
 )
 from studio.train.data import PatchPool, eval_crops
 from studio.train.metrics import psnr_y
 from studio.train.photos import VALIDATION_PHOTOS, named_photos, training_photos
-from studio.train.restore_degrade import DamagedPhoto, degrade_old_photo
+from studio.train.restore_degrade import (
+    SCANNED_PRINT,
+    DamagedPhoto,
+    OldPhotoDamage,
+    degrade_old_photo,
+)
 
 INPAINT_WEIGHT = 0.5  # extra L1 weight inside the inpaint mask (a small share of the pixels)
 SCALE_WEIGHT = 0.02
@@ -68,12 +80,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes", type=float, help="wall-clock budget, evaluations included")
     budget.add_argument("--steps", type=int, help="exact number of steps (repeatable runs)")
-    parser.add_argument("--resume", type=Path, help="continue from these weights")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", type=Path, help="continue from these weights")
+    start.add_argument(
+        "--init", type=Path, help="start from these weights where they fit the new network"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--latent", type=int, default=8)
     parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--fine", type=int, default=2, help="residual blocks at full resolution")
+    parser.add_argument(
+        "--share-stem",
+        action="store_true",
+        help="start with the first layer's weights split equally between the prefiltered and raw "
+        "scans (a network started from one without the raw input otherwise barely learns it)",
+    )
     parser.add_argument(
         "--prefilter",
         type=float,
@@ -83,31 +106,56 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--flat-keep",
+        type=float,
+        default=0.5,
+        help="share of flat patches kept (grain shows most on them)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="processes ageing patches")
+    parser.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        metavar="N",
+        help="reuse one of the last N batches (turned) instead of waiting for the workers",
+    )
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=float, default=60.0, metavar="SECONDS")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.share_stem and not args.init:
+        parser.error("--share-stem goes with --init (a resumed run keeps its weights)")
+    return args
 
 
 @dataclass
 class Batch:
-    degraded: torch.Tensor  # (N, 3, H, W)
+    degraded: torch.Tensor  # (N, 3, H, W): the aged patch after the prefilter
+    raw: torch.Tensor  # (N, 3, H, W): the aged patch as scanned
     inpaint: torch.Tensor  # (N, 1, H, W): where the network paints anew
     target: torch.Tensor  # (N, 3, H, W)
     damage: torch.Tensor  # (N, 1, H, W)
 
 
+TRAINING_MIXES = (OldPhotoDamage(), SCANNED_PRINT)  # wide, for robustness; and the typical print
+
+
 def make_batch(
-    patches: torch.Tensor, rng: random.Random, strength: float, inpaint_share: float = 0.5
+    patches: torch.Tensor,
+    rng: random.Random,
+    strength: float,
+    inpaint_share: float = 0.5,
+    mixes: Sequence[OldPhotoDamage] = TRAINING_MIXES,
 ) -> Batch:
-    """Age `patches` (N, 3, H, W), prefilter them at `strength` as the engine does, and choose
-    what each one inpaints."""
+    """Age `patches` (N, 3, H, W), each by one of `mixes`, prefilter them at `strength` as the
+    engine does, and choose what each one inpaints."""
     samples = []
     for patch in patches:
-        aged = degrade_old_photo(patch.permute(1, 2, 0).numpy(), rng)
-        aged.degraded = prefilter(aged.degraded, strength)
+        mix = mixes[rng.randrange(len(mixes))] if len(mixes) > 1 else mixes[0]
+        aged = degrade_old_photo(patch.permute(1, 2, 0).numpy(), rng, mix)
         inpaint = inpaint_mask(aged, rng) if rng.random() < inpaint_share else None
-        samples.append(_sample(aged, inpaint))
+        samples.append(_sample(aged, prefilter(aged.degraded, strength), inpaint))
     return Batch(*(torch.stack(parts) for parts in zip(*samples, strict=True)))
 
 
@@ -126,13 +174,16 @@ def inpaint_mask(aged: DamagedPhoto, rng: random.Random) -> np.ndarray:
     return mask
 
 
-def _sample(aged: DamagedPhoto, inpaint: np.ndarray | None) -> tuple[torch.Tensor, ...]:
+def _sample(
+    aged: DamagedPhoto, prefiltered: np.ndarray, inpaint: np.ndarray | None
+) -> tuple[torch.Tensor, ...]:
     def planes(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
 
     mask = np.zeros_like(aged.damage) if inpaint is None else inpaint
     target = aged.toned * mask[..., None] + aged.damaged * (1 - mask[..., None])
     return (
+        planes(prefiltered),
         planes(aged.degraded),
         planes(mask[..., None]),
         planes(target),
@@ -143,7 +194,7 @@ def _sample(aged: DamagedPhoto, inpaint: np.ndarray | None) -> tuple[torch.Tenso
 def losses(model: RestoreVAE, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
     n, _, height, width = batch.degraded.shape
     epsilon = torch.randn((n, model.latent, height // 4, width // 4), generator=generator)
-    out = model.forward_train(batch.degraded, batch.inpaint, epsilon)
+    out = model.forward_train(batch.degraded, batch.raw, batch.inpaint, epsilon)
     error = (out["restored"] - batch.target).abs()
     inside = (error * batch.inpaint).sum() / (3 * batch.inpaint.sum() + 1)
     l1 = error.mean() + INPAINT_WEIGHT * inside
@@ -157,18 +208,20 @@ def losses(model: RestoreVAE, batch: Batch, generator: torch.Generator) -> dict[
 
 
 class Validation:
-    """Aged crops of the validation photos, fixed by seed: half inpaint their damage mask."""
+    """Crops of the validation photos aged like a typical scanned print, fixed by seed: half
+    inpaint their damage mask."""
 
     def __init__(self, photos: Sequence[Path], seed: int, strength: float) -> None:
         truth = eval_crops(photos, 192, per_photo=6)
-        self.batch = make_batch(truth, random.Random(seed + 1000), strength)
+        rng = random.Random(seed + 1000)
+        self.batch = make_batch(truth, rng, strength, mixes=(SCANNED_PRINT,))
         self.input_psnr = psnr_y(self.batch.degraded, self.batch.target, 4)
 
     @torch.no_grad()
     def measure(self, model: RestoreVAE) -> tuple[float, float]:
         """PSNR (Y) of the posterior-mean restoration, and the damage head's IoU at 0.5."""
         noise = torch.zeros_like(self.batch.inpaint)
-        planes = torch.cat([self.batch.degraded, self.batch.inpaint, noise], dim=1)
+        planes = torch.cat([self.batch.degraded, self.batch.inpaint, noise, self.batch.raw], dim=1)
         out = model(planes)
         psnr = psnr_y(out[:, :3].clamp(0, 1), self.batch.target, 4)
         predicted = out[:, 3:4] > 0.5
@@ -180,7 +233,6 @@ class Validation:
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.rng = random.Random(args.seed)
         torch.manual_seed(args.seed)
         self.generator = torch.Generator().manual_seed(args.seed)
         self.photos = training_photos(args.data)
@@ -189,7 +241,6 @@ class Trainer:
             raise SystemExit(f"no training or validation photos found in {args.data}")
         log(f"training photos ({len(self.photos)}): {', '.join(p.name for p in self.photos)}")
         log(f"validation photos: {', '.join(p.name for p in self.validation_photos)}")
-        self.pool = PatchPool(self.photos, args.patch, self.rng)
         self.validation = Validation(self.validation_photos, args.seed, args.prefilter)
         log(f"validation input PSNR {self.validation.input_psnr:.3f} dB")
         self.resumed_steps = 0
@@ -201,7 +252,15 @@ class Trainer:
             log(f"resumed from {args.resume} ({self.resumed_steps} steps)")
             self.model.prefilter_strength.fill_(args.prefilter)
         else:
-            self.model = RestoreVAE(args.width, args.latent, args.blocks, args.prefilter)
+            self.model = RestoreVAE(args.width, args.latent, args.blocks, args.prefilter, args.fine)
+            if args.init:
+                state = {k: v.float() for k, v in load_file(str(args.init)).items()}
+                fresh = warm_start(self.model, state)
+                self.model.prefilter_strength.fill_(args.prefilter)  # what it trains behind now
+                log(f"started from {args.init}; new: {', '.join(fresh) or 'nothing'}")
+            if args.share_stem:
+                share_stem(self.model)
+        self.feed = BatchFeed(AgedPatches(self.photos, args), args.workers, args.replay, args.seed)
         self.average = copy.deepcopy(self.model).requires_grad_(False)
         self.optimiser = torch.optim.Adam(self.model.parameters(), args.lr, betas=(0.9, 0.99))
         self.step = 0
@@ -227,7 +286,7 @@ class Trainer:
         while self.fraction() < 1:
             for group in self.optimiser.param_groups:
                 group["lr"] = self.learning_rate(self.fraction())
-            batch = make_batch(self.pool.batch(self.args.batch), self.rng, self.args.prefilter)
+            batch = self.feed.next()
             parts = losses(self.model, batch, self.generator)
             loss = (
                 parts["l1"]
@@ -246,6 +305,8 @@ class Trainer:
             if self.elapsed() >= next_eval or self.fraction() >= 1:
                 next_eval = self.elapsed() + self.args.eval_every
                 text = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+                if self.args.replay:
+                    text += f" replayed {self.feed.replayed}/{self.step}"
                 self.evaluate(f"step {self.step} {self.elapsed():.0f}s {text}")
 
     def _update_average(self) -> None:
@@ -287,6 +348,121 @@ class Trainer:
             log(f"saved step {step} (val PSNR {psnr:.3f}, damage IoU {iou:.3f}) to {out}")
 
 
+class AgedPatches:
+    """An endless stream of aged training batches; worker `k` draws its own, seeded by the
+    run's seed and `k`."""
+
+    def __init__(self, photos: Sequence[Path], args: argparse.Namespace) -> None:
+        self.photos = list(photos)
+        self.seed, self.patch, self.size = args.seed, args.patch, args.batch
+        self.strength, self.flat_keep = args.prefilter, args.flat_keep
+
+    def batches(self, worker: int) -> Iterator[Batch]:
+        rng = random.Random(f"restore-batches/{self.seed}/{worker}")
+        pool = PatchPool(self.photos, self.patch, rng, flat_keep=self.flat_keep)
+        while True:
+            yield make_batch(pool.batch(self.size), rng, self.strength)
+
+
+@dataclass
+class WorkerFailure:
+    worker: int
+    text: str  # the traceback, shown by the trainer
+
+
+def _produce(source: AgedPatches, worker: int, batches: Any) -> None:
+    cv2.setNumThreads(1)  # one core per worker; the trainer has the others
+    torch.set_num_threads(1)
+    try:
+        for batch in source.batches(worker):
+            batches.put(batch)
+    except BaseException:  # reported by the trainer, which would otherwise wait forever
+        batches.put(WorkerFailure(worker, traceback.format_exc()))
+
+
+class BatchFeed:
+    """Batches aged by `workers` processes (0: in this one). With `replay`, when the workers
+    fall behind the trainer (the prefilter costs more than a step: on a GPU they always do), one
+    of the last `replay` batches is used again, turned or mirrored, rather than waiting. Without
+    replay, and with at most one worker, a run with `--steps` repeats exactly; several workers
+    fill one queue in the order they finish."""
+
+    def __init__(self, source: AgedPatches, workers: int, replay: int, seed: int) -> None:
+        self.replay, self.rng = replay, random.Random(f"restore-replay/{seed}")
+        self.recent: list[Batch] = []
+        self.fresh = self.replayed = 0
+        self.local = source.batches(0) if workers == 0 else None
+        # spawned, not forked: forked after OpenCV's thread pool started, a worker hangs in cv2
+        context = torch.multiprocessing.get_context("spawn")
+        self.queue = context.Queue(maxsize=2 * max(workers, 1))
+        self.processes = [
+            context.Process(target=_produce, args=(source, k, self.queue), daemon=True)
+            for k in range(workers)
+        ]
+
+    def __enter__(self) -> BatchFeed:
+        for process in self.processes:
+            process.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for process in self.processes:
+            process.kill()
+            process.join()
+
+    def next(self) -> Batch:
+        if self.local is not None:
+            return next(self.local)
+        if self.replay and len(self.recent) >= self.replay:
+            try:
+                batch = self._checked(self.queue.get_nowait())
+            except queue.Empty:
+                self.replayed += 1
+                return _turned(self.rng.choice(self.recent), self.rng)
+        else:
+            batch = self._wait()
+        self.fresh += 1
+        if self.replay:
+            self.recent = [*self.recent, batch][-self.replay :]
+        return batch
+
+    def _wait(self) -> Batch:
+        while True:
+            try:
+                return self._checked(self.queue.get(timeout=10))
+            except queue.Empty:
+                dead = [p.exitcode for p in self.processes if p.exitcode is not None]
+                if dead:
+                    raise RuntimeError(f"a batch worker died (exit code {dead[0]})") from None
+
+    @staticmethod
+    def _checked(item: Batch | WorkerFailure) -> Batch:
+        if isinstance(item, WorkerFailure):
+            raise RuntimeError(f"ageing a batch failed in worker {item.worker}:\n{item.text}")
+        return item
+
+
+def _turned(batch: Batch, rng: random.Random) -> Batch:
+    turns, mirror = rng.randrange(4), rng.random() < 0.5
+
+    def move(planes: torch.Tensor) -> torch.Tensor:
+        planes = torch.rot90(planes, turns, dims=(2, 3))
+        return planes.flip(3) if mirror else planes
+
+    return Batch(*(move(getattr(batch, field.name)) for field in fields(batch)))
+
+
+def share_stem(model: RestoreVAE) -> None:
+    """Split the first layer's weights equally between the prefiltered and the raw scan: the
+    same network where the two are equal, and the raw scan's detail within reach of the
+    gradient (zero-started raw weights grew to 7 % of the others in 45 minutes)."""
+    with torch.no_grad():
+        weight = model.stem.weight
+        total = weight[:, 0:3] + weight[:, 4:7]
+        weight[:, 0:3] = total / 2
+        weight[:, 4:7] = total / 2
+
+
 def _metadata_steps(data: bytes) -> int:
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     return int(header.get("__metadata__", {}).get("steps", 0))
@@ -302,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     trainer = Trainer(args)
     parameters = sum(p.numel() for p in trainer.model.parameters())
     log(f"restoration VAE {trainer.model.config()}: {parameters} parameters")
-    trainer.train()
+    with trainer.feed:
+        trainer.train()
     trainer.save(args.out)
     return 0
 

@@ -49,6 +49,30 @@ class OldPhotoDamage:
     jpeg_quality: tuple[int, int] = (35, 92)
 
 
+# A typical scanned family print: always some blur, grain, fading, scratches, dust, scan noise and
+# JPEG (the bench's mix; training draws half its patches from it, half from the wide default).
+SCANNED_PRINT = OldPhotoDamage(
+    blur=1.0,
+    blur_sigma=(0.4, 1.2),
+    enlarge=0.0,
+    grain=1.0,
+    grain_sigma=(4.0, 12.0),
+    fade=1.0,
+    fade_amount=(0.05, 0.25),
+    cast=0.5,
+    paper=0.5,
+    scratches=1.0,
+    scratch_count=(2, 6),
+    dust=1.0,
+    dust_count=(5, 25),
+    crease=0.3,
+    scan_noise=1.0,
+    scan_sigma=(1.0, 3.0),
+    jpeg=1.0,
+    jpeg_quality=(70, 92),
+)
+
+
 @dataclass
 class DamagedPhoto:
     degraded: np.ndarray

@@ -1,0 +1,172 @@
+"""Training pieces of the restoration VAE: warm starts that change nothing, the raw scan beside
+the prefiltered one, and the worker processes that age the batches."""
+
+import argparse
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from studio.nn.restore_vae import RestoreVAE, build_from_state, warm_start
+from studio.train.restore import (
+    AgedPatches,
+    Batch,
+    BatchFeed,
+    _turned,
+    make_batch,
+    share_stem,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def network(fine: int = 1, seed: int = 0) -> RestoreVAE:
+    """A small network whose restored RGB depends on its inputs (a fresh one adds nothing)."""
+    torch.manual_seed(seed)
+    model = RestoreVAE(width=8, latent=4, blocks=1, fine=fine).eval()
+    with torch.no_grad():
+        model.head.weight[:3].normal_(0, 0.3)
+    return model
+
+
+def planes(seed: int, size: int = 32) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.rand((1, 3, size, size), generator=generator)
+    raw = (image + 0.05 * torch.randn(image.shape, generator=generator)).clamp(0, 1)
+    mask = (torch.rand((1, 1, size, size), generator=generator) > 0.9).float()
+    noise = torch.randn((1, 1, size, size), generator=generator)
+    return torch.cat([image, mask, noise, raw], dim=1)
+
+
+def first_layout(model: RestoreVAE) -> dict[str, torch.Tensor]:
+    """`model`'s weights as the first layout stored them: no raw-scan input, no fine blocks."""
+    with torch.no_grad():
+        model.stem.weight[:, 4:] = 0
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("fine.")}
+    state["stem.weight"] = state["stem.weight"][:, :4].clone()
+    return state
+
+
+def test_a_warm_start_from_a_network_without_the_raw_input_and_fine_blocks_changes_nothing():
+    before = network(fine=0)
+    old_state = first_layout(before)
+    after = network(fine=2, seed=1)
+    fresh = warm_start(after, old_state)
+
+    assert fresh[0] == "stem.weight[:, 4:]"
+    assert {name.split(".")[0] for name in fresh[1:]} == {"fine"}
+    with torch.no_grad():
+        x = planes(1)
+        assert torch.allclose(after(x), before(x), atol=1e-6)
+        assert not torch.allclose(after(x)[:, :3], x[:, :3], atol=1e-3)  # it does restore
+        assert torch.count_nonzero(after.stem.weight[:, 4:]) == 0
+
+
+def test_a_file_of_the_first_layout_still_loads_and_restores_as_before():
+    before = network(fine=0)
+    loaded = build_from_state(first_layout(before)).eval()
+    with torch.no_grad():
+        x = planes(4)
+        assert torch.allclose(loaded(x), before(x), atol=1e-6)
+
+
+def test_sharing_the_stem_keeps_the_output_where_raw_and_prefiltered_agree():
+    model = network()
+    with torch.no_grad():
+        model.stem.weight[:, 4:] = 0  # a network that never learnt the raw scan
+    x = planes(3)
+    x[:, 5:8] = x[:, :3]
+    with torch.no_grad():
+        before = model(x)
+        share_stem(model)
+        assert torch.allclose(model(x), before, atol=1e-6)
+    weight = model.stem.weight
+    assert torch.equal(weight[:, 0:3], weight[:, 4:7])
+    assert weight[:, 4:7].abs().sum() > 0
+
+
+def test_the_network_listens_to_the_raw_scan_and_plain_rgb_means_both():
+    model = network()
+    x = planes(2)
+    other = x.clone()
+    other[:, 5:8] = torch.rand_like(other[:, 5:8])
+    with torch.no_grad():
+        assert not torch.allclose(model(x)[:, :3], model(other)[:, :3])
+        rgb = x[:, :3]
+        whole = torch.cat([rgb, torch.zeros_like(x[:, :2]), rgb], dim=1)
+        assert torch.equal(model(rgb), model(whole))
+        with pytest.raises(ValueError, match="3 or 8 planes"):
+            model(x[:, :5])  # the first layout's planes: refused, not misread
+
+
+def test_batches_carry_the_raw_scan_and_its_prefiltered_copy():
+    patches = torch.rand((2, 3, 32, 32))
+    plain = make_batch(patches, random.Random(4), strength=0.0)
+    assert torch.equal(plain.degraded, plain.raw)
+    prefiltered = make_batch(patches, random.Random(4), strength=7.0)
+    assert torch.equal(prefiltered.raw, plain.raw)  # the same ageing, drawn from the same seed
+    assert not torch.equal(prefiltered.degraded, prefiltered.raw)
+
+    def roughness(batch: torch.Tensor) -> float:  # neighbour-to-neighbour variation
+        return float((batch[..., 1:] - batch[..., :-1]).abs().mean())
+
+    assert roughness(prefiltered.degraded) < roughness(prefiltered.raw)  # non-local means smooths
+
+
+def test_a_replayed_batch_is_turned_as_one_piece():
+    degraded = torch.rand((2, 3, 16, 16))
+    batch = Batch(degraded, degraded + 1, degraded[:, :1] > 0.5, degraded * 2, degraded[:, :1])
+    rng = random.Random(1)
+    turned = [_turned(batch, rng) for _ in range(8)]
+    assert any(not torch.equal(t.degraded, degraded) for t in turned)
+    for t in turned:  # every plane moved the same way: pixels still match their targets
+        assert torch.equal(t.raw, t.degraded + 1)
+        assert torch.equal(t.target, t.degraded * 2)
+        assert torch.equal(t.inpaint, t.degraded[:, :1] > 0.5)
+        assert torch.equal(t.damage, t.degraded[:, :1])
+
+
+def source(photos: list[Path]) -> AgedPatches:
+    args = argparse.Namespace(seed=0, patch=32, batch=2, prefilter=3.0, flat_keep=1.0)
+    return AgedPatches(photos, args)
+
+
+@pytest.fixture
+def photos(tmp_path) -> list[Path]:
+    paths = []
+    for k in range(2):
+        rng = np.random.default_rng(k)
+        path = tmp_path / f"photo-{k}.png"
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_a_worker_process_ages_batches_and_replay_keeps_only_the_last_few(photos):
+    with BatchFeed(source(photos), workers=1, replay=2, seed=0) as feed:
+        batches = [feed.next() for _ in range(12)]
+        assert len(feed.recent) <= 2
+        assert feed.fresh + feed.replayed == 12
+    assert all(
+        b.degraded.shape == (2, 3, 32, 32) and b.raw.shape == (2, 3, 32, 32) for b in batches
+    )
+    assert not any(process.is_alive() for process in feed.processes)
+
+
+def test_a_run_without_workers_repeats_exactly(photos):
+    first = BatchFeed(source(photos), workers=0, replay=0, seed=0).next()
+    again = BatchFeed(source(photos), workers=0, replay=0, seed=0).next()
+    assert torch.equal(first.raw, again.raw) and torch.equal(first.target, again.target)
+
+
+def test_a_failing_worker_stops_the_run_with_its_error_instead_of_hanging(photos, tmp_path):
+    broken = tmp_path / "truncated.png"
+    broken.write_bytes(photos[0].read_bytes()[:100])
+    with (
+        BatchFeed(source([broken]), workers=1, replay=0, seed=0) as feed,
+        pytest.raises(RuntimeError, match="ageing a batch failed in worker 0"),
+    ):
+        feed.next()
