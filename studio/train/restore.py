@@ -6,7 +6,8 @@ r"""Train Studio's restoration VAE (`studio.nn.restore_vae`) on photos aged by `
 (The model card studio/assets/models/studio-restore-vae.md gives the shipped file's exact commands.)
 
 Each step cuts random patches from the training photos (the upscalers' split: validation and test
-photos are never trained on), ages them on the fly, and asks the network, for half of them, to
+photos are never trained on), ages them on the fly (half by the wide mix, half as a typical
+scanned print), gives the network the raw scan and its prefiltered copy, and asks it, for half, to
 inpaint the damage mask (dilated a little, sometimes with random brush strokes added, as a person
 paints); for the other half nothing is inpainted and the damage must be kept while the photo is
 denoised. Losses: L1 to the target (the photo with its global tone kept; inside the inpaint mask
@@ -15,12 +16,12 @@ only teaches the uncertainty), binary cross-entropy of the damage head, and a sm
 keeps the latent a posterior.
 
 An exponential moving average of the weights is measured on fixed aged crops of the validation
-photos every `--eval-every` seconds and the best PSNR kept. Seeded throughout; `--steps` makes the
-training repeat exactly, `--minutes` sets the learning-rate schedule by the clock. `--resume FILE`
-continues from saved weights; `--init FILE` starts a network of another shape from them where
-they fit (new inputs and blocks start as no-ops). Batches are aged in `--workers` background
-processes (the non-local-means prefilter costs more than a training step). Weights are saved
-as fp32 safetensors with the facts in metadata.
+photos every `--eval-every` seconds and the best PSNR kept. Seeded throughout; `--steps` with at
+most one worker and no `--replay` repeats exactly, `--minutes` sets the schedule by the clock.
+`--resume FILE` continues from saved weights; `--init FILE` starts a network of another shape
+from them where they fit (new inputs and blocks start as no-ops). Batches are aged in
+`--workers` background processes (the non-local-means prefilter costs more than a training
+step). Weights are saved as fp32 safetensors with the facts in metadata.
 """
 
 from __future__ import annotations
