@@ -6,7 +6,7 @@ goes through the network tile by tile, twice when scratches are fixed:
 1. *Restore*: nothing inpainted. The photo comes back denoised, deblurred and free of JPEG
    artefacts with its damage kept, plus the damage head's scratch/dust probability and the
    decoder's per-pixel uncertainty.
-2. *Fill*: the damage mask (the user's, or the detected one grown by a pixel) is painted
+2. *Fill*: the damage mask (the user's, or the detected one, grown by `DAMAGE_GROW` px) is painted
    anew by the decoder from the surroundings. Outside the mask the result is pass 1's pixels, so
    editing the mask changes exactly the pixels whose mask changed.
 
@@ -516,7 +516,7 @@ def _latent_noise(seed: int, variation: int, size: tuple[int, int]) -> np.ndarra
 
 
 def detected_mask(damage: np.ndarray) -> np.ndarray:
-    """The damage head's probability -> the pixels to fill (thresholded, then grown a little)."""
+    """The damage head's probability -> the pixels to fill (thresholded, grown by DAMAGE_GROW)."""
     import cv2
 
     mask = (damage > DAMAGE_THRESHOLD).astype(np.uint8)
