@@ -45,7 +45,7 @@ from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
 from studio.ui.jobs import failure_text
 from studio.ui.output_widgets import SeedRow, format_widgets
-from studio.ui.tool_tab import IMAGE_SUFFIXES, ToolTab
+from studio.ui.tool_tab import IMAGE_FILTER, ToolTab
 
 if TYPE_CHECKING:
     from studio.engines.grade import GradeRequest
@@ -90,7 +90,6 @@ MAX_SEED = 2**63 - 1
 RESULT_SUFFIXES = tuple(SUFFIXES.values())
 SAVED_SUFFIXES = (".cube", ".json")  # what a grade entry keeps besides its image: LUT, preset
 
-IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ");;All files (*)"
 CUBE_FILTER = "3D LUTs (*.cube);;All files (*)"
 PRESET_FILTER = "Saved grades (*.json);;All files (*)"
 FILE_FILTERS = {

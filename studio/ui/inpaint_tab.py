@@ -16,7 +16,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -36,9 +35,7 @@ from studio.ui.convert import load_qimage
 from studio.ui.diffusion_tab import DiffusionTab
 from studio.ui.image_view import ImageView
 from studio.ui.mask_canvas import MaskCanvas, MaskToolbar
-from studio.ui.tool_tab import IMAGE_SUFFIXES
 
-IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ");;All files (*)"
 ORDINARY_STRENGTH = 0.75  # ordinary models keep some of what was under the mask
 INPAINTING_STRENGTH = 1.0  # dedicated inpainting models are trained to repaint it whole
 
@@ -58,7 +55,7 @@ class InpaintTab(DiffusionTab):
 
     def _build(self) -> None:
         self.open_button = QPushButton("Open image…")
-        self.open_button.clicked.connect(self._choose_image)
+        self.open_button.clicked.connect(self.choose_image)
         self.input_label = QLabel("No image — open one, drop it here, or send one from History")
         self.input_label.setWordWrap(True)
         self.strength = QDoubleSpinBox(minimum=0.05, maximum=1.0, singleStep=0.05)
@@ -157,11 +154,6 @@ class InpaintTab(DiffusionTab):
         if self.canvas.can_mask_from_alpha():
             hint += " Its transparent pixels can be the mask: From alpha."
         self.set_status(hint)
-
-    def _choose_image(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open an image", "", IMAGE_FILTER)
-        if path:
-            self.open_image(Path(path))
 
     # -- running --------------------------------------------------------------------------
     def build_request(self, mask_path: Path) -> InpaintRequest:

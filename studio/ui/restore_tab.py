@@ -17,7 +17,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -46,12 +45,12 @@ from studio.ui.tool_tab import ToolTab
 MIN_TILE = 64  # the engine's smallest restore tile (studio.engines.restore.MIN_TILE)
 MAX_SEED = 2**32 - 1
 MAX_VARIATIONS = 8
-IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp);;All files (*)"
 
 
 class RestoreTab(ToolTab):
     tool = "restore"
     title = "Restore"
+    open_dialog_title = "Open a photo"
 
     def __init__(self, window) -> None:
         super().__init__(window)
@@ -71,7 +70,7 @@ class RestoreTab(ToolTab):
     def _build(self) -> None:
         settings = self.window_.ctx.settings
         self.open_button = QPushButton("Open image…")
-        self.open_button.clicked.connect(self._choose_image)
+        self.open_button.clicked.connect(self.choose_image)
         self.input_label = QLabel("No photo — open one or drop it here")
         self.input_label.setWordWrap(True)
         self.picker = ModelFilePicker(
@@ -203,11 +202,6 @@ class RestoreTab(ToolTab):
     @property
     def model_info(self) -> Any:
         return self.picker.info
-
-    def _choose_image(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a photo", "", IMAGE_FILTER)
-        if path:
-            self.open_image(Path(path))
 
     # -- running --------------------------------------------------------------------------
     def build_request(self) -> Any:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QFileDialog, QWidget
 
 from studio.app.jobs import JobSnapshot, JobState
 from studio.errors import UserError
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from studio.ui.main_window import MainWindow
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ");;All files (*)"
 
 
 class ToolTab(QWidget):
@@ -29,8 +30,16 @@ class ToolTab(QWidget):
         self.window_ = window
         self.setAcceptDrops(True)
 
+    open_dialog_title = "Open an image"
+
     def open_image(self, path: Path, parent_id: int | None = None) -> None:
         raise NotImplementedError
+
+    def choose_image(self) -> None:
+        """Ask for an image file (the Open button) and open it."""
+        path, _ = QFileDialog.getOpenFileName(self, self.open_dialog_title, "", IMAGE_FILTER)
+        if path:
+            self.open_image(Path(path))
 
     def run(self) -> None:
         """Queue the request the widgets describe."""

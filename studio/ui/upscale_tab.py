@@ -34,7 +34,6 @@ from studio.ui.output_widgets import format_widgets
 from studio.ui.tool_tab import ToolTab
 
 MIN_TILE = 32  # the tiler's smallest tile (studio.engines.tiling.MIN_TILE, which imports torch)
-IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp);;All files (*)"
 
 
 class UpscaleTab(ToolTab):
@@ -62,7 +61,7 @@ class UpscaleTab(ToolTab):
     # -- layout ---------------------------------------------------------------------------
     def _build(self) -> None:
         self.open_button = QPushButton("Open image…")
-        self.open_button.clicked.connect(self._choose_image)
+        self.open_button.clicked.connect(self.choose_image)
         self.input_label = QLabel("No image — open one or drop it here")
         self.input_label.setWordWrap(True)
         self.picker = ModelFilePicker(
@@ -147,11 +146,6 @@ class UpscaleTab(ToolTab):
     @property
     def model_info(self) -> Any:
         return self.picker.info
-
-    def _choose_image(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open an image", "", IMAGE_FILTER)
-        if path:
-            self.open_image(Path(path))
 
     def _choose_comparison(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(self, "Models to compare", "", MODEL_FILTER)
