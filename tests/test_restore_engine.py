@@ -268,6 +268,21 @@ def test_a_spandrel_restoration_model_runs_through_the_same_path(tmp_path):
         restore(path, drunet, variations=2)
 
 
+def test_cancelling_a_spandrel_restoration_stops_between_its_tiles(tmp_path):
+    drunet = make_drunet(tmp_path / "drunet_tiny.safetensors")
+    path = photo(tmp_path, 160, 160)
+    tiles_done = []
+
+    def progress(fraction, _message, _preview=None):
+        if fraction > 0:
+            tiles_done.append(fraction)
+
+    request = RestoreRequest(str(path), str(drunet), device="cpu", tile=64)
+    with pytest.raises(Cancelled):
+        run(request, progress=progress, cancelled=lambda: bool(tiles_done))
+    assert len(tiles_done) == 1  # the tile that saw the cancel was the last
+
+
 def test_an_upscaler_is_pointed_to_the_upscale_tab(tmp_path):
     upscaler = make_compact(tmp_path / "x4.safetensors", scale=4)
     with pytest.raises(EngineError, match="Upscale tab"):

@@ -384,7 +384,9 @@ def _restore_with_spandrel(
     from studio.engines.upscale import upscale_pixels
 
     colour, _alpha = _split_alpha(picture.pixels)
-    restored = upscale_pixels(model, info, colour, tile=tile, progress=_share(progress, 0, 1))
+    restored = upscale_pixels(
+        model, info, colour, tile=tile, progress=_share(progress, 0, 1), cancelled=cancelled
+    )
     if restored.shape != colour.shape:
         raise EngineError(
             f"{info.name} returned a {restored.shape[1]}x{restored.shape[0]} picture for a "
