@@ -1,6 +1,7 @@
 """The shipped restoration VAE on photos it never saw, against a classical pipeline.
 
     python bench/restore.py [--long-side 1024] [--model FILE] [--seed 0] [--photos validation]
+                            [--device cpu] [--scan 12]
 
 Ground truth: each held-out test photo (`studio.train.photos.TEST_PHOTOS`, never trained on and
 never used to choose a checkpoint) resized to `--long-side` px on its long side. The bench ages
@@ -21,7 +22,9 @@ Table A measures restoration alone, against the photo with its fading kept (no m
 colour). Table B measures against the original photo, each method followed by the same auto
 levels (Studio's colour-cast correction). PSNR and SSIM on the luma, border 4 px, means over the
 photos. Speed: seconds per megapixel of the engine (restore only, and with scratch filling) and of
-the classical pipeline, on this machine, best of `--rounds`.
+the classical pipeline, on this machine, best of `--rounds`; `--scan 12` also times one 12 MP
+scan (the first test photo enlarged and aged), after a warm-up. `--device cuda` runs Studio
+on the GPU (the prefilter and the classical pipeline stay on the CPU, as in the app).
 
 `--photos validation` measures on the validation photos instead (aged as when choosing `h`): for
 choosing checkpoints and thresholds without looking at the test photos. There the classical
@@ -48,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from studio.engines.restore import RestoreRequest, apply_levels, colour_levels, run
 from studio.models.cache import ModelCache
+from studio.models.device import resolve_device
 from studio.models.shipped import default_restorer
 from studio.train.data import load_photo
 from studio.train.metrics import psnr_y, ssim_y
@@ -91,7 +95,12 @@ def classical(degraded: np.ndarray, mask: np.ndarray, strength: float) -> np.nda
 
 
 def studio(
-    aged: Aged, model: Path, cache: ModelCache, folder: Path, mask: np.ndarray | None = None
+    aged: Aged,
+    model: Path,
+    cache: ModelCache,
+    folder: Path,
+    mask: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """The engine's restoration (no colour correction), the mask it filled, and its seconds."""
     mask_path = None
@@ -103,7 +112,7 @@ def studio(
         model_path=str(model),
         fix_scratches=True,
         mask_path=mask_path,
-        device="cpu",
+        device=device,
     )
     started = time.perf_counter()
     result = run(request, cache=cache)
@@ -151,7 +160,9 @@ def print_table(title: str, rows: dict[str, list[tuple[float, float]]]) -> None:
         print(f"| {method} | {psnr:.2f} | {ssim:.4f} | {psnr - reference:+.2f} |")
 
 
-def speed(aged: list[Aged], model: Path, cache: ModelCache, strength: float, rounds: int) -> None:
+def speed(
+    aged: list[Aged], model: Path, cache: ModelCache, strength: float, rounds: int, device: str
+) -> None:
     megapixels = sum(a.photo.degraded.shape[0] * a.photo.degraded.shape[1] for a in aged) / 1e6
 
     def best(run_all: Callable[[], None]) -> float:
@@ -166,7 +177,7 @@ def speed(aged: list[Aged], model: Path, cache: ModelCache, strength: float, rou
         def go() -> None:
             for a in aged:
                 run(
-                    RestoreRequest(str(a.path), str(model), fix_scratches=fix, device="cpu"),
+                    RestoreRequest(str(a.path), str(model), fix_scratches=fix, device=device),
                     cache=cache,
                 )
 
@@ -176,10 +187,46 @@ def speed(aged: list[Aged], model: Path, cache: ModelCache, strength: float, rou
         for a in aged:
             classical(a.photo.degraded, a.photo.damage > 0, strength)
 
-    print(f"\nspeed on {megapixels:.2f} MP, fp32 CPU, {torch.get_num_threads()} threads:")
+    print(f"\nspeed on {megapixels:.2f} MP, {describe(device)}, {torch.get_num_threads()} threads:")
     print(f"  studio, restore only:        {best(engine(False)):.2f} s/MP")
     print(f"  studio, with scratch filling: {best(engine(True)):.2f} s/MP")
     print(f"  classical (Telea + NLM):     {best(opencv):.2f} s/MP")
+
+
+def scan_speed(
+    photo: Path, megapixels: float, model: Path, cache: ModelCache, folder: Path, device: str
+) -> None:
+    """Seconds for one large scan, as a person restores a flatbed scan (after a warm-up)."""
+    height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
+    width = height * 4 // 3
+    clean = np.asarray(
+        Image.open(photo).convert("RGB").resize((width, height), Image.Resampling.LANCZOS),
+        dtype=np.float32,
+    )
+    aged = degrade_old_photo(clean / 255, random.Random(7), SCANNED_PRINT)
+    path = folder / "scan.png"
+    Image.fromarray(to_uint8(aged.degraded)).save(path)
+    Image.fromarray(to_uint8(aged.degraded[:256, :256])).save(folder / "warm.png")
+    run(RestoreRequest(str(folder / "warm.png"), str(model), device=device), cache=cache)
+    print(f"\none {width}x{height} scan ({width * height / 1e6:.1f} MP), {describe(device)}:")
+    for fix in (False, True):
+        started = time.perf_counter()
+        result = run(
+            RestoreRequest(str(path), str(model), fix_scratches=fix, device=device), cache=cache
+        )
+        seconds = time.perf_counter() - started
+        what = "with scratch filling" if fix else "restore only"
+        print(
+            f"  {what}: {seconds:.1f} s, {seconds / (width * height / 1e6):.2f} s/MP "
+            f"({result.dtype}, tiles of {result.tile} px)"
+        )
+
+
+def describe(device: str) -> str:
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        return f"{torch.cuda.get_device_name(resolved)} (CUDA)"
+    return f"{resolved.type.upper()} (fp32)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=2, help="speed runs (0: no speed)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where Studio runs (auto, cuda, mps, cpu)")
+    parser.add_argument(
+        "--scan", type=float, default=0, metavar="MP", help="also time one scan of MP megapixels"
+    )
     parser.add_argument(
         "--photos", choices=("test", "validation"), default="test", help="which photos to measure"
     )
@@ -228,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "studio": [],
         }
         for a in aged:
-            restored, mask, _seconds = studio(a, model, cache, folder)
+            restored, mask, _seconds = studio(a, model, cache, folder, device=args.device)
             opencv = classical(a.photo.degraded, mask, strength)
             truth = a.photo.toned
             detected["degraded"].append(scores(a.photo.degraded, truth))
@@ -241,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 levels[method].append(scores(levelled(pixels), a.photo.clean))
             true_mask = a.photo.damage > 0
-            restored_true, _, _ = studio(a, model, cache, folder, true_mask)
+            restored_true, _, _ = studio(a, model, cache, folder, true_mask, args.device)
             oracle["classical"].append(
                 scores(classical(a.photo.degraded, true_mask, strength), truth)
             )
@@ -256,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         print_table("A'. restoration, the true damage mask given to both", oracle)
         print_table("B. restoration then auto levels (truth: the original photo)", levels)
         if args.rounds > 0:
-            speed(aged, model, cache, strength, args.rounds)
+            speed(aged, model, cache, strength, args.rounds, args.device)
+        if args.scan > 0:
+            scan_speed(tests[0], args.scan, model, cache, folder, args.device)
     return 0
 
 

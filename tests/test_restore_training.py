@@ -2,6 +2,7 @@
 the prefiltered one, and the worker processes that age the batches."""
 
 import argparse
+import json
 import random
 from pathlib import Path
 
@@ -9,13 +10,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
+from studio.models.device import DeviceError
+from studio.models.upscalers import inspect_model
 from studio.nn.restore_vae import RestoreVAE, build_from_state, warm_start
+from studio.train.photos import VALIDATION_PHOTOS
 from studio.train.restore import (
     AgedPatches,
     Batch,
     BatchFeed,
     _turned,
+    main,
     make_batch,
     share_stem,
 )
@@ -170,3 +176,39 @@ def test_a_failing_worker_stops_the_run_with_its_error_instead_of_hanging(photos
         pytest.raises(RuntimeError, match="ageing a batch failed in worker 0"),
     ):
         feed.next()
+
+
+@pytest.fixture
+def photo_folder(tmp_path) -> Path:
+    """Two training photos and the two validation photos, by name."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = ["a.png", "b.png", *VALIDATION_PHOTOS]
+    for k, name in enumerate(names):
+        rng = np.random.default_rng(k)
+        base = rng.integers(0, 255, (16, 16, 3), np.uint8)
+        Image.fromarray(base).resize((224, 224), Image.Resampling.BICUBIC).save(folder / name)
+    return folder
+
+
+def test_a_short_run_saves_a_restorer_the_app_accepts(photo_folder, tmp_path):
+    out = tmp_path / "vae.safetensors"
+    small = ["--width", "8", "--latent", "4", "--blocks", "1", "--fine", "1"]
+    feed = ["--patch", "32", "--batch", "2", "--workers", "0", "--threads", "1"]
+    argv = ["--data", str(photo_folder), "--out", str(out), "--steps", "3", "--eval-every", "0"]
+    assert main([*argv, *small, *feed, "--device", "cpu"]) == 0
+
+    info = inspect_model(out)
+    assert info.purpose == "restore" and info.architecture == "StudioRestoreVAE"
+    with safe_open(str(out), "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["run_steps"] == "3"
+    assert json.loads(metadata["training_photos"]) == ["a.png", "b.png"]
+
+
+def test_asking_to_train_on_a_gpu_this_machine_lacks_is_a_clear_error(photo_folder, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    argv = ["--data", str(photo_folder), "--out", str(tmp_path / "x"), "--steps", "1"]
+    with pytest.raises(DeviceError, match="CUDA"):
+        main([*argv, "--device", "cuda", "--workers", "0"])

@@ -21,7 +21,8 @@ most one worker and no `--replay` repeats exactly, `--minutes` sets the schedule
 `--resume FILE` continues from saved weights; `--init FILE` starts a network of another shape
 from them where they fit (new inputs and blocks start as no-ops). Batches are aged in
 `--workers` background processes (the non-local-means prefilter costs more than a training
-step). Weights are saved as fp32 safetensors with the facts in metadata.
+step; on a GPU, `--replay` keeps the GPU busy while they catch up). `--device` picks CUDA, then
+Apple MPS, then the CPU. Weights are saved as fp32 safetensors with the facts in metadata.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from studio.models.device import DEVICE_CHOICES, resolve_device
 from studio.nn.restore_vae import (
     ARCHITECTURE_ID,
     RestoreVAE,
@@ -87,6 +89,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--init", type=Path, help="start from these weights where they fit the new network"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--latent", type=int, default=8)
@@ -137,6 +140,9 @@ class Batch:
     inpaint: torch.Tensor  # (N, 1, H, W): where the network paints anew
     target: torch.Tensor  # (N, 3, H, W)
     damage: torch.Tensor  # (N, 1, H, W)
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
 
 
 TRAINING_MIXES = (OldPhotoDamage(), SCANNED_PRINT)  # wide, for robustness; and the typical print
@@ -194,7 +200,8 @@ def _sample(
 
 def losses(model: RestoreVAE, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
     n, _, height, width = batch.degraded.shape
-    epsilon = torch.randn((n, model.latent, height // 4, width // 4), generator=generator)
+    shape = (n, model.latent, height // 4, width // 4)
+    epsilon = torch.randn(shape, generator=generator, device=generator.device)
     out = model.forward_train(batch.degraded, batch.raw, batch.inpaint, epsilon)
     error = (out["restored"] - batch.target).abs()
     inside = (error * batch.inpaint).sum() / (3 * batch.inpaint.sum() + 1)
@@ -202,7 +209,9 @@ def losses(model: RestoreVAE, batch: Batch, generator: torch.Generator) -> dict[
     pixel_error = error.detach().mean(dim=1, keepdim=True)
     scale_nll = (pixel_error * torch.exp(-out["log_scale"]) + out["log_scale"]).mean()
     bce = F.binary_cross_entropy_with_logits(
-        out["damage_logit"], batch.damage, pos_weight=torch.tensor(MASK_POS_WEIGHT)
+        out["damage_logit"],
+        batch.damage,
+        pos_weight=torch.tensor(MASK_POS_WEIGHT, device=batch.damage.device),
     )
     kl = kl_divergence(out["mean"], out["logvar"])
     return {"l1": l1, "nll": scale_nll, "bce": bce, "kl": kl}
@@ -212,11 +221,14 @@ class Validation:
     """Crops of the validation photos aged like a typical scanned print, fixed by seed: half
     inpaint their damage mask."""
 
-    def __init__(self, photos: Sequence[Path], seed: int, strength: float) -> None:
+    def __init__(
+        self, photos: Sequence[Path], seed: int, strength: float, device: torch.device
+    ) -> None:
         truth = eval_crops(photos, 192, per_photo=6)
         rng = random.Random(seed + 1000)
-        self.batch = make_batch(truth, rng, strength, mixes=(SCANNED_PRINT,))
-        self.input_psnr = psnr_y(self.batch.degraded, self.batch.target, 4)
+        batch = make_batch(truth, rng, strength, mixes=(SCANNED_PRINT,))
+        self.input_psnr = psnr_y(batch.degraded, batch.target, 4)
+        self.batch = batch.to(device)
 
     @torch.no_grad()
     def measure(self, model: RestoreVAE) -> tuple[float, float]:
@@ -224,7 +236,7 @@ class Validation:
         noise = torch.zeros_like(self.batch.inpaint)
         planes = torch.cat([self.batch.degraded, self.batch.inpaint, noise, self.batch.raw], dim=1)
         out = model(planes)
-        psnr = psnr_y(out[:, :3].clamp(0, 1), self.batch.target, 4)
+        psnr = psnr_y(out[:, :3].clamp(0, 1).cpu(), self.batch.target.cpu(), 4)
         predicted = out[:, 3:4] > 0.5
         truth = self.batch.damage > 0.5
         iou = float((predicted & truth).sum() / max(int((predicted | truth).sum()), 1))
@@ -234,15 +246,18 @@ class Validation:
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.device = resolve_device(args.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one patch size throughout
         torch.manual_seed(args.seed)
-        self.generator = torch.Generator().manual_seed(args.seed)
+        self.generator = torch.Generator(self.device).manual_seed(args.seed)
         self.photos = training_photos(args.data)
         self.validation_photos = named_photos(args.data, VALIDATION_PHOTOS)
         if not self.photos or not self.validation_photos:
             raise SystemExit(f"no training or validation photos found in {args.data}")
         log(f"training photos ({len(self.photos)}): {', '.join(p.name for p in self.photos)}")
         log(f"validation photos: {', '.join(p.name for p in self.validation_photos)}")
-        self.validation = Validation(self.validation_photos, args.seed, args.prefilter)
+        self.validation = Validation(self.validation_photos, args.seed, args.prefilter, self.device)
         log(f"validation input PSNR {self.validation.input_psnr:.3f} dB")
         self.resumed_steps = 0
         if args.resume:
@@ -261,7 +276,11 @@ class Trainer:
                 log(f"started from {args.init}; new: {', '.join(fresh) or 'nothing'}")
             if args.share_stem:
                 share_stem(self.model)
-        self.feed = BatchFeed(AgedPatches(self.photos, args), args.workers, args.replay, args.seed)
+        self.model.to(self.device)
+        log(f"training on {self.device}")
+        self.feed = BatchFeed(
+            AgedPatches(self.photos, args), args.workers, args.replay, args.seed, self.device
+        )
         self.average = copy.deepcopy(self.model).requires_grad_(False)
         self.optimiser = torch.optim.Adam(self.model.parameters(), args.lr, betas=(0.9, 0.99))
         self.step = 0
@@ -283,7 +302,7 @@ class Trainer:
     def train(self) -> None:
         self.evaluate()
         next_eval = self.args.eval_every
-        shown: dict[str, float] = {}
+        shown: dict[str, torch.Tensor] = {}  # running means, read only when shown (no GPU sync)
         while self.fraction() < 1:
             for group in self.optimiser.param_groups:
                 group["lr"] = self.learning_rate(self.fraction())
@@ -302,10 +321,11 @@ class Trainer:
             self.step += 1
             self._update_average()
             for name, value in parts.items():
-                shown[name] = 0.95 * shown.get(name, value.item()) + 0.05 * value.item()
+                value = value.detach()
+                shown[name] = 0.95 * shown[name] + 0.05 * value if name in shown else value
             if self.elapsed() >= next_eval or self.fraction() >= 1:
                 next_eval = self.elapsed() + self.args.eval_every
-                text = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+                text = " ".join(f"{k} {v.item():.4f}" for k, v in shown.items())
                 if self.args.replay:
                     text += f" replayed {self.feed.replayed}/{self.step}"
                 self.evaluate(f"step {self.step} {self.elapsed():.0f}s {text}")
@@ -313,14 +333,15 @@ class Trainer:
     def _update_average(self) -> None:
         decay = min(0.999, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
-            for mine, live in zip(self.average.parameters(), self.model.parameters(), strict=True):
-                mine.lerp_(live, 1 - decay)
+            torch._foreach_lerp_(
+                list(self.average.parameters()), list(self.model.parameters()), 1 - decay
+            )
 
     def evaluate(self, prefix: str = "start") -> None:
         psnr, iou = self.validation.measure(self.average.eval())
         kept = self.best is None or psnr > self.best[2]
         if kept:
-            state = {k: v.detach().clone() for k, v in self.average.state_dict().items()}
+            state = {k: v.detach().cpu().clone() for k, v in self.average.state_dict().items()}
             self.best = (state, self.step, psnr, iou)
             if self.step:
                 self.save(self.args.out, quiet=True)  # a run stopped early still leaves its best
@@ -386,10 +407,18 @@ class BatchFeed:
     fall behind the trainer (the prefilter costs more than a step: on a GPU they always do), one
     of the last `replay` batches is used again, turned or mirrored, rather than waiting. Without
     replay, and with at most one worker, a run with `--steps` repeats exactly; several workers
-    fill one queue in the order they finish."""
+    fill one queue in the order they finish. Batches come out on `device` (and are turned there)."""
 
-    def __init__(self, source: AgedPatches, workers: int, replay: int, seed: int) -> None:
+    def __init__(
+        self,
+        source: AgedPatches,
+        workers: int,
+        replay: int,
+        seed: int,
+        device: torch.device | None = None,
+    ) -> None:
         self.replay, self.rng = replay, random.Random(f"restore-replay/{seed}")
+        self.device = device or torch.device("cpu")
         self.recent: list[Batch] = []
         self.fresh = self.replayed = 0
         self.local = source.batches(0) if workers == 0 else None
@@ -413,7 +442,7 @@ class BatchFeed:
 
     def next(self) -> Batch:
         if self.local is not None:
-            return next(self.local)
+            return next(self.local).to(self.device)
         if self.replay and len(self.recent) >= self.replay:
             try:
                 batch = self._checked(self.queue.get_nowait())
@@ -436,11 +465,10 @@ class BatchFeed:
                 if dead:
                     raise RuntimeError(f"a batch worker died (exit code {dead[0]})") from None
 
-    @staticmethod
-    def _checked(item: Batch | WorkerFailure) -> Batch:
+    def _checked(self, item: Batch | WorkerFailure) -> Batch:
         if isinstance(item, WorkerFailure):
             raise RuntimeError(f"ageing a batch failed in worker {item.worker}:\n{item.text}")
-        return item
+        return item.to(self.device)
 
 
 def _turned(batch: Batch, rng: random.Random) -> Batch:
