@@ -130,3 +130,101 @@ def test_rerun_of_a_fitted_grade_applies_the_stored_fit_and_reproduces_it(tmp_pa
         ctx.close()
     a = np.asarray(Image.open(first.outputs[0].path))
     assert np.array_equal(a, np.asarray(Image.open(second.outputs[0].path)))
+
+
+@pytest.fixture
+def context():
+    from studio.app.context import AppContext
+
+    ctx = AppContext.open()
+    yield ctx
+    ctx.close()
+
+
+def executed(ctx, request, parent_id=None):
+    from studio.app.runs import execute
+    from studio.progress import never_cancelled, no_progress
+
+    return execute(
+        ctx, request, progress=no_progress, cancelled=never_cancelled, parent_id=parent_id
+    )
+
+
+def pixels(entry):
+    return np.asarray(Image.open(entry.outputs[0].path))
+
+
+def test_a_preset_and_a_lut_are_stored_with_the_entry_and_rerun_without_the_originals(
+    tmp_path, images, context
+):
+    from studio.app.runs import request_from_entry
+    from studio.engines.grade import GradeRequest, fit_match
+    from studio.imaging import load_picture
+
+    look = fit_match(load_picture(images["source"]), load_picture(images["warm"]))
+    preset_files = look.save(tmp_path / "look")
+    cube = look.export_cube(tmp_path / "look.cube", size=9)
+    with_preset = executed(
+        context,
+        GradeRequest(str(images["source"]), "preset", preset_path=str(preset_files[1])),
+    )
+    with_lut = executed(context, GradeRequest(str(images["source"]), "lut", lut_path=str(cube)))
+    assert [item.original_name for item in with_preset.inputs] == ["source.png", "look.safetensors"]
+    assert [item.original_name for item in with_lut.inputs] == ["source.png", "look.cube"]
+    for path in (*preset_files, cube):
+        path.unlink()
+
+    for first in (with_preset, with_lut):
+        again = executed(context, request_from_entry(first))
+        assert np.array_equal(pixels(again), pixels(first))
+
+
+def test_a_batch_child_reruns_after_the_grade_it_used_is_deleted(tmp_path, images, context):
+    from dataclasses import replace
+
+    from studio.app.runs import request_from_entry
+    from studio.engines.grade import GradeRequest
+
+    fitted = executed(
+        context,
+        GradeRequest(
+            str(images["source"]),
+            "reference",
+            reference_path=str(images["warm"]),
+            iterations=30,
+            coupling_layers=2,
+            hidden=16,
+        ),
+    )
+    preset = next(p.path for p in fitted.outputs if p.path.suffix == ".json")
+    other = photo(tmp_path / "other.png", (0.9, 1.0, 1.1), 5)
+    request = replace(
+        GradeRequest.from_dict(fitted.request),
+        input_path=str(other),
+        mode="preset",
+        preset_path=str(preset),
+        reference_path=None,
+    )
+    child = executed(context, request, parent_id=fitted.id)  # as "Apply to a batch" queues it
+    context.history.delete(fitted.id)
+    assert not preset.exists()
+
+    again = executed(context, request_from_entry(context.history.get(child.id)))
+    assert np.array_equal(pixels(again), pixels(child))
+
+
+def test_an_entry_stored_before_presets_were_kept_still_reruns_from_its_preset(
+    tmp_path, images, context
+):
+    from studio.app.runs import request_from_entry
+    from studio.engines.grade import GradeRequest, fit_match
+    from studio.imaging import load_picture
+
+    look = fit_match(load_picture(images["source"]), load_picture(images["warm"]))
+    _, document = look.save(tmp_path / "look")
+    request = GradeRequest(str(images["source"]), "preset", preset_path=str(document))
+    old = context.history.start("grade", request.to_dict(), [images["source"]])  # image only
+
+    rerun = request_from_entry(context.history.get(old))
+    assert rerun.preset_path == str(document)
+    assert rerun.input_path != str(images["source"])  # the stored copy

@@ -4,6 +4,7 @@ Pictures are procedural: smooth random colour fields with a fine texture, so eve
 as many different "photos" as it needs, with colours spread through the sRGB cube.
 """
 
+import json
 import struct
 import warnings
 from dataclasses import replace
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageCms
+from safetensors.torch import load_file, save_file
 
 from studio.engines import color
 from studio.engines.base import Cancelled, EngineError
@@ -35,10 +37,11 @@ from studio.engines.grade import (
     fit_pair,
     likelihood_map,
     likelihood_preview,
+    preset_file,
     run,
 )
 from studio.engines.lut import CubeError, CubeLUT, identity_lut, read_cube, write_cube
-from studio.imaging import Picture, load_picture, save_picture
+from studio.imaging import Picture, file_sha256, load_picture, save_picture
 from studio.models.cache import ModelCache
 
 with warnings.catch_warnings():  # colour-science warns that optional packages are missing
@@ -360,6 +363,30 @@ def test_damaged_or_missing_presets_are_refused(match, tmp_path):
     (tmp_path / "other.json").write_text('{"format": "something else"}')
     with pytest.raises(EngineError, match="not a Studio grade"):
         Grade.load(tmp_path / "other.json")
+
+
+def test_a_presets_safetensors_alone_is_the_whole_grade(match, tmp_path):
+    weights, document = match.save(tmp_path / "look")
+    copy = tmp_path / "elsewhere" / "3f9a.safetensors"  # as the history stores it: renamed, alone
+    copy.parent.mkdir()
+    copy.write_bytes(weights.read_bytes())
+    document.unlink()
+    weights.unlink()
+    assert preset_file(copy) == copy
+    assert np.array_equal(Grade.load(copy).bake_lut(9), match.bake_lut(9))
+
+
+def test_a_preset_saved_before_its_weights_carried_the_description_still_loads(match, tmp_path):
+    weights, document = match.save(tmp_path / "old")
+    save_file(load_file(weights), weights)  # the weights as the first version wrote them
+    described = json.loads(document.read_text())
+    described["weights_sha256"] = file_sha256(weights)
+    document.write_text(json.dumps(described))
+    assert preset_file(document) == document and preset_file(weights) == document
+    assert np.array_equal(Grade.load(weights).bake_lut(9), match.bake_lut(9))
+    document.unlink()
+    with pytest.raises(EngineError, match="no saved grade"):
+        Grade.load(weights)
 
 
 # --- Requests and runs --------------------------------------------------------------------------

@@ -199,7 +199,7 @@ class HistoryStore:
         sources = [Path(path) for path in inputs]
         for source in sources:
             if not source.is_file():
-                raise FileNotFoundError(f"input image {source} does not exist")
+                raise FileNotFoundError(f"input file {source} does not exist")
         hashes = [sha256_of(source) for source in sources]  # outside the lock: may be slow
         staged = [self._stage_input(s, sha) for s, sha in zip(sources, hashes, strict=True)]
         try:

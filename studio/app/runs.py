@@ -83,15 +83,18 @@ SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 
 
 def request_from_entry(entry: Entry) -> Any:
-    """Rebuild the request an entry ran with, reading the history's copies of its images.
+    """Rebuild the request an entry ran with, reading the history's copies of its files.
 
     The stored copies are what ran: the originals may since have moved, changed or gone.
     """
     request = TOOLS[entry.tool].request_type().from_dict(entry.request)
-    names = [name for name in request.image_fields if getattr(request, name)]
+    names = request.input_fields()
+    images = [name for name in names if name in request.image_fields]
+    if len(names) != len(entry.inputs) and len(images) == len(entry.inputs):
+        names = images  # recorded when only images were stored: the other files as they were
     if len(names) != len(entry.inputs):
         raise UserError(
-            f"entry #{entry.id} stored {len(entry.inputs)} input images where its request "
+            f"entry #{entry.id} stored {len(entry.inputs)} input files where its request "
             f"reads {len(names)}; it cannot be re-run exactly."
         )
     stored = {name: str(stored.path) for name, stored in zip(names, entry.inputs, strict=True)}

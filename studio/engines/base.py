@@ -38,11 +38,13 @@ class RunFacts:
 
 
 class Request:
-    """What every tool's request shares: JSON for the history, the CLI and re-run, and the list of
-    images it reads. Subclasses are frozen dataclasses that validate themselves."""
+    """What every tool's request shares: JSON for the history, the CLI and re-run, and the files
+    it reads, which the history stores with the entry (a re-run reads those copies). Subclasses
+    are frozen dataclasses that validate themselves."""
 
     tool: ClassVar[str]
     image_fields: ClassVar[tuple[str, ...]] = ()  # the images it reads, in order
+    file_fields: ClassVar[tuple[str, ...]] = ()  # other files it reads (a LUT, a preset)
     required: ClassVar[tuple[str, ...]] = ()  # keys a stored request must have
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,5 +66,13 @@ class Request:
         """Undo what a JSON round trip changed (e.g. 1.0 stored as 1)."""
         return values
 
+    def input_fields(self) -> list[str]:
+        """The fields naming a file this request reads: its images first, then other files."""
+        return [name for name in (*self.image_fields, *self.file_fields) if getattr(self, name)]
+
     def input_paths(self) -> list[str]:
-        return [getattr(self, name) for name in self.image_fields if getattr(self, name)]
+        """The files to store with the entry, one per `input_fields` name."""
+        return [self.input_file(name) for name in self.input_fields()]
+
+    def input_file(self, name: str) -> str:
+        return getattr(self, name)

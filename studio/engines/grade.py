@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -91,6 +91,7 @@ DEFAULT_ITERATIONS = 200
 LIMITS = {"coupling_layers": (1, 32), "hidden": (4, 512), "iterations": (1, 100_000)}
 PRESET_FORMAT = "studio-grade"
 PRESET_VERSION = 1
+PRESET_METADATA_KEY = "studio_grade"  # the description, inside a preset's .safetensors
 DENSITY_SMOOTHING = 0.005  # OKLab: colours are blurred by this much for density fitting
 OKLAB_JND = 0.02  # about a just-noticeable difference in OKLab: the unit of the pair loss
 PROGRESS_EVERY = 10  # iterations between progress reports and cancel checks
@@ -132,6 +133,7 @@ class GradeRequest(Request):
         "before_path",
         "after_path",
     )
+    file_fields: ClassVar[tuple[str, ...]] = ("lut_path", "preset_path")
     required: ClassVar[tuple[str, ...]] = ("input_path", "mode")
 
     def __post_init__(self) -> None:
@@ -176,6 +178,11 @@ class GradeRequest(Request):
         if isinstance(strength, int) and not isinstance(strength, bool):
             values["strength"] = float(strength)  # JSON wrote 1.0 as 1
         return values
+
+    def input_file(self, name: str) -> str:
+        """A preset is stored by the one file it is read from (its .json names another)."""
+        value = getattr(self, name)
+        return str(preset_file(value)) if name == "preset_path" else value
 
     def reusing_outputs(self, outputs: Sequence[Path]) -> GradeRequest:
         """This request for a re-run: a fitted grade stored with the entry is applied as it is,
@@ -318,6 +325,8 @@ class Grade(ABC):
     def save_to(self, weights_path: str | Path, json_path: str | Path) -> tuple[Path, Path]:
         """Write the grade to these two files (in one folder: the .json names its weights file).
 
+        The .safetensors also carries the description in its metadata, so it is a whole preset
+        on its own (what the history stores with an entry); the .json is there to be read.
         Each file is written under a temporary name beginning '.<its name>' and then renamed, so
         a reader never sees half a preset.
         """
@@ -325,17 +334,21 @@ class Grade(ABC):
         if weights_path.parent != json_path.parent:
             raise ValueError("a preset's .json and .safetensors must be in the same folder")
         description, tensors = self._preset()
-        with _replacing(weights_path) as temporary:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temporary)
         document = {
             "format": PRESET_FORMAT,
             "version": PRESET_VERSION,
             "kind": self.kind,
             "name": self.name,
-            "weights": weights_path.name,
-            "weights_sha256": file_sha256(weights_path),
             **description,
         }
+        with _replacing(weights_path) as temporary:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                temporary,
+                metadata={PRESET_METADATA_KEY: json.dumps(document, sort_keys=True)},
+            )
+        document["weights"] = weights_path.name
+        document["weights_sha256"] = file_sha256(weights_path)
         with _replacing(json_path) as temporary:
             temporary.write_text(json.dumps(document, indent=2, sort_keys=True), encoding="utf-8")
         return weights_path, json_path
@@ -492,8 +505,44 @@ def _preset_json_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _load_preset(path: Path) -> Grade:
+def preset_file(path: str | Path) -> Path:
+    """The one file the preset at `path` (its .json, .safetensors or stem) is read from: the
+    .safetensors when it carries the description and is the file its .json names, else the .json
+    (a preset saved before the weights carried it)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and _embedded_document(path) is not None:
+        return path
     json_path = _preset_json_path(path)
+    try:
+        document = json.loads(json_path.read_text(encoding="utf-8"))
+        weights = json_path.with_name(str(document["weights"]))
+        named = document["weights_sha256"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return json_path  # reading it says what is wrong
+    if _embedded_document(weights) is None or file_sha256(weights) != named:
+        return json_path
+    return weights
+
+
+def _embedded_document(path: Path) -> dict[str, Any] | None:
+    """The description a preset's .safetensors carries, or None (not one, unreadable, older)."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            text = (handle.metadata() or {}).get(PRESET_METADATA_KEY)
+        document = json.loads(text) if text else None
+    except (OSError, SafetensorError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _load_preset(path: Path) -> Grade:
+    source = preset_file(path)
+    if source.suffix == ".safetensors":
+        document = _embedded_document(source)
+        assert document is not None
+        _check_preset_document(document, source)
+        return _grade_from_file(document, source, source)
+    json_path = source
     try:
         document = json.loads(json_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -502,20 +551,28 @@ def _load_preset(path: Path) -> Grade:
         ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EngineError(f"{json_path} is not a readable saved grade ({exc}).") from exc
-    if not isinstance(document, dict) or document.get("format") != PRESET_FORMAT:
-        raise EngineError(f"{json_path} is not a Studio grade preset.")
-    if document.get("version", 0) > PRESET_VERSION:
-        raise EngineError(f"{json_path} was saved by a newer Studio; update Studio to use it.")
+    _check_preset_document(document, json_path)
     weights_path = json_path.with_name(str(document.get("weights", "")))
     if not weights_path.is_file():
         raise EngineError(f"the weights of {json_path} are missing (expected {weights_path}).")
     if file_sha256(weights_path) != document.get("weights_sha256"):
         raise EngineError(f"{weights_path} does not match {json_path}; save the grade again.")
+    return _grade_from_file(document, weights_path, json_path)
+
+
+def _check_preset_document(document: Any, path: Path) -> None:
+    if not isinstance(document, dict) or document.get("format") != PRESET_FORMAT:
+        raise EngineError(f"{path} is not a Studio grade preset.")
+    if document.get("version", 0) > PRESET_VERSION:
+        raise EngineError(f"{path} was saved by a newer Studio; update Studio to use it.")
+
+
+def _grade_from_file(document: dict[str, Any], weights_path: Path, named: Path) -> Grade:
     try:
         tensors = load_file(weights_path)
         return _grade_from_document(document, tensors)
     except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise EngineError(f"{json_path} is damaged and cannot be loaded ({exc}).") from exc
+        raise EngineError(f"{named} is damaged and cannot be loaded ({exc}).") from exc
 
 
 def _grade_from_document(document: dict[str, Any], tensors: dict[str, Tensor]) -> Grade:
@@ -891,7 +948,7 @@ def _grade_for(
     if request.mode == "preset":
         assert request.preset_path
         grade = Grade.load(request.preset_path)
-        return grade, file_sha256(_preset_json_path(Path(request.preset_path)))
+        return grade, file_sha256(preset_file(request.preset_path))
     settings = request.flow_settings()
 
     def fit() -> Grade:

@@ -91,7 +91,7 @@ RESULT_SUFFIXES = tuple(SUFFIXES.values())
 SAVED_SUFFIXES = (".cube", ".json")  # what a grade entry keeps besides its image: LUT, preset
 
 CUBE_FILTER = "3D LUTs (*.cube);;All files (*)"
-PRESET_FILTER = "Saved grades (*.json);;All files (*)"
+PRESET_FILTER = "Saved grades (*.json *.safetensors);;All files (*)"
 FILE_FILTERS = {
     "reference": IMAGE_FILTER,
     "before": IMAGE_FILTER,
