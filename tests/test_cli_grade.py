@@ -1,13 +1,16 @@
 """`studio grade` on the command line: reference match, learnt pair, .cube LUTs, presets, errors."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from studio.cli import main
 from studio.engines.lut import read_cube
+from studio.imaging import file_sha256
 
 FAST = ["--iterations", "30", "--layers", "2", "--hidden", "16"]
 
@@ -177,11 +180,10 @@ def test_a_preset_and_a_lut_are_stored_with_the_entry_and_rerun_without_the_orig
     for first in (with_preset, with_lut):
         again = executed(context, request_from_entry(first))
         assert np.array_equal(pixels(again), pixels(first))
+        assert again.model_name == first.model_name
 
 
 def test_a_batch_child_reruns_after_the_grade_it_used_is_deleted(tmp_path, images, context):
-    from dataclasses import replace
-
     from studio.app.runs import request_from_entry
     from studio.engines.grade import GradeRequest
 
@@ -213,9 +215,16 @@ def test_a_batch_child_reruns_after_the_grade_it_used_is_deleted(tmp_path, image
     assert np.array_equal(pixels(again), pixels(child))
 
 
-def test_an_entry_stored_before_presets_were_kept_still_reruns_from_its_preset(
-    tmp_path, images, context
-):
+def as_first_saved(document):
+    """Rewrite a preset as the first version saved it: weights without the description."""
+    described = json.loads(document.read_text())
+    weights = document.with_name(described["weights"])
+    save_file(load_file(weights), weights)
+    described["weights_sha256"] = file_sha256(weights)
+    document.write_text(json.dumps(described))
+
+
+def test_a_preset_that_was_not_stored_reruns_from_where_it_is(tmp_path, images, context):
     from studio.app.runs import request_from_entry
     from studio.engines.grade import GradeRequest, fit_match
     from studio.imaging import load_picture
@@ -223,8 +232,16 @@ def test_an_entry_stored_before_presets_were_kept_still_reruns_from_its_preset(
     look = fit_match(load_picture(images["source"]), load_picture(images["warm"]))
     _, document = look.save(tmp_path / "look")
     request = GradeRequest(str(images["source"]), "preset", preset_path=str(document))
-    old = context.history.start("grade", request.to_dict(), [images["source"]])  # image only
+    direct = executed(context, request)
+    # an entry recorded before presets were stored: only its image was kept
+    recorded = context.history.start("grade", request.to_dict(), [images["source"]])
+    _, older = look.save(tmp_path / "older")
+    as_first_saved(older)  # a two-file preset cannot be stored as one file
+    with_older = executed(context, replace(request, preset_path=str(older)))
+    assert [item.original_name for item in with_older.inputs] == ["source.png"]
 
-    rerun = request_from_entry(context.history.get(old))
-    assert rerun.preset_path == str(document)
-    assert rerun.input_path != str(images["source"])  # the stored copy
+    for entry, preset in ((context.history.get(recorded), document), (with_older, older)):
+        rerun = request_from_entry(entry)
+        assert rerun.preset_path == str(preset)
+        assert rerun.input_path == str(entry.inputs[0].path)  # the stored copy
+        assert np.array_equal(pixels(executed(context, rerun)), pixels(direct))

@@ -365,6 +365,33 @@ def test_damaged_or_missing_presets_are_refused(match, tmp_path):
         Grade.load(tmp_path / "other.json")
 
 
+def test_hostile_presets_are_refused_with_a_reason(match, tmp_path):
+    weights, document = match.save(tmp_path / "look")
+    described = json.loads(document.read_text())
+    for bad in ({"weights": ""}, {"weights": "../look.safetensors"}, {"weights": "."}):
+        document.write_text(json.dumps({**described, **bad}))
+        with pytest.raises(EngineError, match="weights file beside it"):
+            Grade.load(document)
+    document.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(EngineError, match="not a readable saved grade"):
+        Grade.load(document)
+
+    tensors = load_file(weights)
+    huge = {**described, "flow": {**described["flow"], "hidden": 1_000_000}}
+    alone = tmp_path / "huge.safetensors"
+    save_file(tensors, alone, metadata={"studio_grade": json.dumps(huge)})
+    with pytest.raises(EngineError, match="hidden 1000000 is outside"):
+        Grade.load(alone)
+    odd = tmp_path / "odd.safetensors"
+    save_file(tensors, odd, metadata={"studio_grade": json.dumps({**described, "version": "1"})})
+    with pytest.raises(EngineError, match="its version is '1'"):
+        Grade.load(odd)
+    nested = tmp_path / "nested.safetensors"
+    save_file(tensors, nested, metadata={"studio_grade": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(EngineError, match="no saved grade"):  # not a whole preset, and no .json
+        Grade.load(nested)
+
+
 def test_a_presets_safetensors_alone_is_the_whole_grade(match, tmp_path):
     weights, document = match.save(tmp_path / "look")
     copy = tmp_path / "elsewhere" / "3f9a.safetensors"  # as the history stores it: renamed, alone
@@ -374,6 +401,10 @@ def test_a_presets_safetensors_alone_is_the_whole_grade(match, tmp_path):
     weights.unlink()
     assert preset_file(copy) == copy
     assert np.array_equal(Grade.load(copy).bake_lut(9), match.bake_lut(9))
+    stem = copy.with_suffix("")
+    assert np.array_equal(Grade.load(stem).bake_lut(9), match.bake_lut(9))
+    upper = copy.rename(copy.with_name("LOOK.SAFETENSORS"))
+    assert np.array_equal(Grade.load(upper).bake_lut(9), match.bake_lut(9))
 
 
 def test_a_preset_saved_before_its_weights_carried_the_description_still_loads(match, tmp_path):
@@ -514,7 +545,7 @@ def test_run_converts_a_non_srgb_input_and_says_so(tmp_path):
 
 def test_a_cube_file_is_applied_and_a_malformed_one_refused(files, tmp_path):
     table = identity_lut(17)[..., ::-1].copy()  # swap red and blue
-    cube = write_cube(tmp_path / "swap.cube", CubeLUT(table, title="swap"))
+    cube = write_cube(tmp_path / "swap.cube", CubeLUT(table, title="Swap red and blue"))
     source = load_picture(files["input"]).pixels
     for interpolation in ("trilinear", "tetrahedral"):
         request = GradeRequest(
@@ -522,7 +553,7 @@ def test_a_cube_file_is_applied_and_a_malformed_one_refused(files, tmp_path):
         )
         result = run(request)
         assert np.abs(result.picture.pixels - source[..., ::-1]).max() < 1e-5
-    assert result.facts.model_name == "swap.cube" and result.facts.model_sha256
+    assert result.facts.model_name == "Swap red and blue" and result.facts.model_sha256
     broken = tmp_path / "broken.cube"
     broken.write_text("LUT_3D_SIZE 17\n0 0 0\n")
     with pytest.raises(CubeError, match="needs 4913 table lines, found 1"):

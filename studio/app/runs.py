@@ -91,7 +91,9 @@ def request_from_entry(entry: Entry) -> Any:
     names = request.input_fields()
     images = [name for name in names if name in request.image_fields]
     if len(names) != len(entry.inputs) and len(images) == len(entry.inputs):
-        names = images  # recorded when only images were stored: the other files as they were
+        # its other files were not stored (recorded before they were, or an older preset that
+        # is two files): they are read where they are
+        names = images
     if len(names) != len(entry.inputs):
         raise UserError(
             f"entry #{entry.id} stored {len(entry.inputs)} input files where its request "

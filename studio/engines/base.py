@@ -71,8 +71,11 @@ class Request:
         return [name for name in (*self.image_fields, *self.file_fields) if getattr(self, name)]
 
     def input_paths(self) -> list[str]:
-        """The files to store with the entry, one per `input_fields` name."""
-        return [self.input_file(name) for name in self.input_fields()]
+        """The files to store with the entry, in `input_fields` order."""
+        files = (self.input_file(name) for name in self.input_fields())
+        return [path for path in files if path is not None]
 
-    def input_file(self, name: str) -> str:
+    def input_file(self, name: str) -> str | None:
+        """The file that stores field `name`'s input, or None when it cannot be stored as one
+        file (a re-run then reads it where it is)."""
         return getattr(self, name)

@@ -179,10 +179,14 @@ class GradeRequest(Request):
             values["strength"] = float(strength)  # JSON wrote 1.0 as 1
         return values
 
-    def input_file(self, name: str) -> str:
-        """A preset is stored by the one file it is read from (its .json names another)."""
+    def input_file(self, name: str) -> str | None:
+        """A preset is stored as the one .safetensors that holds all of it; an older pair (a .json
+        naming its weights) cannot be stored as one file and is read where it is."""
         value = getattr(self, name)
-        return str(preset_file(value)) if name == "preset_path" else value
+        if name != "preset_path":
+            return value
+        whole = whole_preset_file(value)
+        return str(whole) if whole is not None else None
 
     def reusing_outputs(self, outputs: Sequence[Path]) -> GradeRequest:
         """This request for a re-run: a fitted grade stored with the entry is applied as it is,
@@ -316,7 +320,7 @@ class Grade(ABC):
     def save(self, path_stem: str | Path) -> tuple[Path, Path]:
         """Write the grade as `<stem>.safetensors` (weights) and `<stem>.json` (everything else)."""
         stem = Path(path_stem)
-        if stem.suffix in (".json", ".safetensors"):
+        if stem.suffix.lower() in (".json", ".safetensors"):
             stem = stem.with_suffix("")
         weights_path = stem.with_name(stem.name + ".safetensors")
         json_path = stem.with_name(stem.name + ".json")
@@ -500,28 +504,53 @@ def _replacing(path: Path) -> Iterator[Path]:
 
 
 def _preset_json_path(path: Path) -> Path:
-    if path.suffix in (".json", ".safetensors"):
+    if path.suffix.lower() in (".json", ".safetensors"):
         return path.with_suffix(".json")
     return path.with_name(path.name + ".json")
 
 
 def preset_file(path: str | Path) -> Path:
     """The one file the preset at `path` (its .json, .safetensors or stem) is read from: the
-    .safetensors when it carries the description and is the file its .json names, else the .json
-    (a preset saved before the weights carried it)."""
-    path = Path(path)
-    if path.suffix == ".safetensors" and _embedded_document(path) is not None:
-        return path
+    .safetensors when it carries the description (and is the file its .json names), else the
+    .json (a preset saved before the weights carried it)."""
+    return _resolve_preset(Path(path))[0]
+
+
+def whole_preset_file(path: str | Path) -> Path | None:
+    """The .safetensors that is the whole preset at `path`, or None for an older pair, which
+    only works as two files side by side."""
+    source, document = _resolve_preset(Path(path))
+    return source if document is not None else None
+
+
+def _resolve_preset(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """(the file to read, its embedded description or None when it is a .json to read)."""
+    suffix = path.suffix.lower()
+    single = path if suffix == ".safetensors" else None
+    if suffix not in (".json", ".safetensors"):  # a stem: its .safetensors may be the whole grade
+        single = path.with_name(path.name + ".safetensors")
+    if single is not None:
+        document = _embedded_document(single)
+        if document is not None:
+            return single, document
     json_path = _preset_json_path(path)
     try:
-        document = json.loads(json_path.read_text(encoding="utf-8"))
-        weights = json_path.with_name(str(document["weights"]))
-        named = document["weights_sha256"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        return json_path  # reading it says what is wrong
-    if _embedded_document(weights) is None or file_sha256(weights) != named:
-        return json_path
-    return weights
+        described = json.loads(json_path.read_text(encoding="utf-8"))
+        weights = json_path.with_name(_plain_name(described["weights"]))
+        named = described["weights_sha256"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError):
+        return json_path, None  # reading it says what is wrong
+    document = _embedded_document(weights)
+    if document is None or file_sha256(weights) != named:
+        return json_path, None
+    return weights, document
+
+
+def _plain_name(value: Any) -> str:
+    """A file name with no folder in it (what a preset's .json may name beside itself)."""
+    if not isinstance(value, str) or value in ("", ".", "..") or Path(value).name != value:
+        raise ValueError(f"{value!r} is not a file name")
+    return value
 
 
 def _embedded_document(path: Path) -> dict[str, Any] | None:
@@ -530,16 +559,14 @@ def _embedded_document(path: Path) -> dict[str, Any] | None:
         with safe_open(str(path), "pt") as handle:
             text = (handle.metadata() or {}).get(PRESET_METADATA_KEY)
         document = json.loads(text) if text else None
-    except (OSError, SafetensorError, ValueError):
+    except (OSError, SafetensorError, ValueError, RecursionError):
         return None
     return document if isinstance(document, dict) else None
 
 
 def _load_preset(path: Path) -> Grade:
-    source = preset_file(path)
-    if source.suffix == ".safetensors":
-        document = _embedded_document(source)
-        assert document is not None
+    source, document = _resolve_preset(path)
+    if document is not None:
         _check_preset_document(document, source)
         return _grade_from_file(document, source, source)
     json_path = source
@@ -549,10 +576,13 @@ def _load_preset(path: Path) -> Grade:
         raise EngineError(
             f"no saved grade at {json_path}; choose the .json file a grade was saved as."
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise EngineError(f"{json_path} is not a readable saved grade ({exc}).") from exc
     _check_preset_document(document, json_path)
-    weights_path = json_path.with_name(str(document.get("weights", "")))
+    try:
+        weights_path = json_path.with_name(_plain_name(document.get("weights")))
+    except ValueError:
+        raise EngineError(f"{json_path} does not name a weights file beside it.") from None
     if not weights_path.is_file():
         raise EngineError(f"the weights of {json_path} are missing (expected {weights_path}).")
     if file_sha256(weights_path) != document.get("weights_sha256"):
@@ -563,7 +593,10 @@ def _load_preset(path: Path) -> Grade:
 def _check_preset_document(document: Any, path: Path) -> None:
     if not isinstance(document, dict) or document.get("format") != PRESET_FORMAT:
         raise EngineError(f"{path} is not a Studio grade preset.")
-    if document.get("version", 0) > PRESET_VERSION:
+    version = document.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise EngineError(f"{path} is not a Studio grade preset (its version is {version!r}).")
+    if version > PRESET_VERSION:
         raise EngineError(f"{path} was saved by a newer Studio; update Studio to use it.")
 
 
@@ -588,8 +621,7 @@ def _grade_from_document(document: dict[str, Any], tensors: dict[str, Tensor]) -
         return CubeGrade(lut, name=str(document.get("name", "cube")))
     if kind not in ("match", "pair"):
         raise ValueError(f"unknown grade kind {kind!r}")
-    config = dict(document["flow"])
-    flow = ColourFlow(**config)
+    flow = ColourFlow(**_checked_flow_config(document["flow"]))
     flow.load_state_dict(tensors, strict=True)
     flow.eval()
     settings = FlowSettings(**document["settings"])
@@ -600,6 +632,19 @@ def _grade_from_document(document: dict[str, Any], tensors: dict[str, Tensor]) -
         stats=dict(document.get("stats", {})),
         inverse=bool(document.get("inverse", False)),
     )
+
+
+def _checked_flow_config(config: Any) -> dict[str, Any]:
+    """A stored flow's shape, refused when no fit of Studio's could have made it (a file must
+    not be able to ask for an enormous network)."""
+    config = dict(config)
+    bounds = {"members": (1, 4), "bins": (2, 64), **LIMITS}
+    for name, value in config.items():
+        if name in bounds:
+            low, high = bounds[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} {value!r} is outside {low}..{high}")
+    return config
 
 
 # --- Fitting ------------------------------------------------------------------------------------
@@ -944,7 +989,9 @@ def _grade_for(
     if request.mode == "lut":
         assert request.lut_path
         lut = read_cube(request.lut_path)
-        return CubeGrade(lut, name=Path(request.lut_path).name), file_sha256(request.lut_path)
+        # named by its TITLE (the file's stem when it has none): a re-run reads a stored copy
+        name = lut.title or Path(request.lut_path).name
+        return CubeGrade(lut, name=name), file_sha256(request.lut_path)
     if request.mode == "preset":
         assert request.preset_path
         grade = Grade.load(request.preset_path)

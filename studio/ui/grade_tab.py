@@ -78,7 +78,7 @@ ROLE_MISSING = {
     "before": "Choose the 'before' image (the original) first.",
     "after": "Choose the 'after' image (your edited version) first.",
     "lut": "Choose a .cube LUT file first.",
-    "preset": "Choose a saved grade (.json) first.",
+    "preset": "Choose a saved grade (.json or .safetensors) first.",
 }
 # the same values as studio.engines.grade (imported there with torch, so not at Studio's start)
 LUT_SIZES = (17, 33, 65)
@@ -92,6 +92,7 @@ SAVED_SUFFIXES = (".cube", ".json")  # what a grade entry keeps besides its imag
 
 CUBE_FILTER = "3D LUTs (*.cube);;All files (*)"
 PRESET_FILTER = "Saved grades (*.json *.safetensors);;All files (*)"
+PRESET_SAVE_FILTER = "Saved grades (*.json)"  # written as a .json beside its .safetensors
 FILE_FILTERS = {
     "reference": IMAGE_FILTER,
     "before": IMAGE_FILTER,
@@ -539,14 +540,14 @@ class GradeTab(ToolTab):
         if preset is None:
             return
         target = self.choose_save_path(
-            "Save the grade as a preset", self._suggested_path(".json"), PRESET_FILTER
+            "Save the grade as a preset", self._suggested_path(".json"), PRESET_SAVE_FILTER
         )
         if target is None:
             return
         from studio.engines.grade import Grade
 
         try:  # loading and saving again keeps the .json naming its own .safetensors
-            weights, document = Grade.load(preset).save(_with_suffix(target, ".json"))
+            weights, document = Grade.load(preset).save(target)
         except (UserError, OSError) as exc:
             self.window_.notifications.error(f"Could not save the grade: {describe_error(exc)}")
             return
@@ -701,7 +702,7 @@ class GradeTab(ToolTab):
         path, _ = QFileDialog.getSaveFileName(self, caption, suggested, filters)
         return Path(path) if path else None
 
-    # -- drops: images open as the source, .cube and .json files choose what to apply -----
+    # -- drops: images open as the source, .cube, .json and .safetensors choose what to apply -
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if _dropped_grade_file(event) is not None:
             event.acceptProposedAction()
@@ -776,8 +777,11 @@ def _with_suffix(path: Path, suffix: str) -> Path:
     return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
 
 
+GRADE_FILE_SUFFIXES = (".cube", ".json", ".safetensors")  # a LUT, or a saved grade
+
+
 def _dropped_grade_file(event: QDragEnterEvent | QDropEvent) -> Path | None:
     for url in event.mimeData().urls():
-        if url.isLocalFile() and url.toLocalFile().lower().endswith((".cube", ".json")):
+        if url.isLocalFile() and url.toLocalFile().lower().endswith(GRADE_FILE_SUFFIXES):
             return Path(url.toLocalFile())
     return None
