@@ -17,10 +17,13 @@ from studio.models.upscalers import inspect_model
 from studio.nn.restore_vae import RestoreVAE, build_from_state, warm_start
 from studio.train.photos import VALIDATION_PHOTOS
 from studio.train.restore import (
+    INPAINT_WEIGHT,
+    MSE_SCALE,
     AgedPatches,
     Batch,
     BatchFeed,
     _turned,
+    losses,
     main,
     make_batch,
     share_stem,
@@ -212,3 +215,22 @@ def test_asking_to_train_on_a_gpu_this_machine_lacks_is_a_clear_error(photo_fold
     argv = ["--data", str(photo_folder), "--out", str(tmp_path / "x"), "--steps", "1"]
     with pytest.raises(DeviceError, match="CUDA"):
         main([*argv, "--device", "cuda", "--workers", "0"])
+
+
+def test_the_pixel_loss_is_l1_or_scaled_squared_error_weighted_up_inside_the_inpaint_mask():
+    model = network()
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand((2, 3, 16, 16), generator=generator)
+    inpaint = (torch.rand((2, 1, 16, 16), generator=generator) > 0.8).float()
+    target = torch.rand((2, 3, 16, 16), generator=generator)
+    batch = Batch(image, image, inpaint, target, inpaint)
+
+    l1 = losses(model, batch, torch.Generator().manual_seed(1), "l1")
+    mse = losses(model, batch, torch.Generator().manual_seed(1), "mse")
+
+    epsilon = torch.randn((2, model.latent, 4, 4), generator=torch.Generator().manual_seed(1))
+    error = model.forward_train(image, image, inpaint, epsilon)["restored"] - target
+    for term, per_pixel in ((l1["l1"], error.abs()), (mse["mse"], MSE_SCALE * error.pow(2))):
+        inside = (per_pixel * inpaint).sum() / (3 * inpaint.sum() + 1)
+        assert torch.allclose(term, per_pixel.mean() + INPAINT_WEIGHT * inside)
+    assert torch.equal(l1["bce"], mse["bce"]) and torch.equal(l1["kl"], mse["kl"])
