@@ -234,3 +234,10 @@ def test_the_pixel_loss_is_l1_or_scaled_squared_error_weighted_up_inside_the_inp
         inside = (per_pixel * inpaint).sum() / (3 * inpaint.sum() + 1)
         assert torch.allclose(term, per_pixel.mean() + INPAINT_WEIGHT * inside)
     assert torch.equal(l1["bce"], mse["bce"]) and torch.equal(l1["kl"], mse["kl"])
+
+
+def test_batches_and_their_replays_come_out_on_the_trainers_device(photos):
+    device = torch.device("meta")  # stands in for a GPU: only where the tensors live is checked
+    with BatchFeed(source(photos), workers=1, replay=2, seed=0, device=device) as feed:
+        batches = [feed.next() for _ in range(6)]
+    assert all(getattr(b, f).device == device for b in batches for f in ("degraded", "target"))
