@@ -360,7 +360,7 @@ class Grade(ABC):
     @staticmethod
     def load(path: str | Path) -> Grade:
         """Read a grade written by `save`: pass its .json, its .safetensors or their common stem."""
-        return _load_preset(Path(path))
+        return _load_preset(Path(path))[0]
 
 
 @dataclass(eq=False)
@@ -564,11 +564,12 @@ def _embedded_document(path: Path) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def _load_preset(path: Path) -> Grade:
+def _load_preset(path: Path) -> tuple[Grade, Path]:
+    """The grade, and the file it was read from (what a run records the sha256 of)."""
     source, document = _resolve_preset(path)
     if document is not None:
         _check_preset_document(document, source)
-        return _grade_from_file(document, source, source)
+        return _grade_from_file(document, source, source), source
     json_path = source
     try:
         document = json.loads(json_path.read_text(encoding="utf-8"))
@@ -587,7 +588,7 @@ def _load_preset(path: Path) -> Grade:
         raise EngineError(f"the weights of {json_path} are missing (expected {weights_path}).")
     if file_sha256(weights_path) != document.get("weights_sha256"):
         raise EngineError(f"{weights_path} does not match {json_path}; save the grade again.")
-    return _grade_from_file(document, weights_path, json_path)
+    return _grade_from_file(document, weights_path, json_path), json_path
 
 
 def _check_preset_document(document: Any, path: Path) -> None:
@@ -994,8 +995,8 @@ def _grade_for(
         return CubeGrade(lut, name=name), file_sha256(request.lut_path)
     if request.mode == "preset":
         assert request.preset_path
-        grade = Grade.load(request.preset_path)
-        return grade, file_sha256(preset_file(request.preset_path))
+        grade, source = _load_preset(Path(request.preset_path))  # resolved once, hashed once
+        return grade, file_sha256(source)
     settings = request.flow_settings()
 
     def fit() -> Grade:
