@@ -138,9 +138,9 @@ def test_a_replayed_batch_is_turned_as_one_piece():
         assert torch.equal(t.damage, t.degraded[:, :1])
 
 
-def source(photos: list[Path]) -> AgedPatches:
+def source(photos: list[Path], prefilter: bool = True) -> AgedPatches:
     args = argparse.Namespace(seed=0, patch=32, batch=2, prefilter=3.0, flat_keep=1.0)
-    return AgedPatches(photos, args)
+    return AgedPatches(photos, args, prefilter=prefilter)
 
 
 @pytest.fixture
@@ -199,7 +199,7 @@ def test_a_short_run_saves_a_restorer_the_app_accepts(photo_folder, tmp_path):
     small = ["--width", "8", "--latent", "4", "--blocks", "1", "--fine", "1"]
     feed = ["--patch", "32", "--batch", "2", "--workers", "0", "--threads", "1"]
     argv = ["--data", str(photo_folder), "--out", str(out), "--steps", "3", "--eval-every", "0"]
-    assert main([*argv, *small, *feed, "--device", "cpu"]) == 0
+    assert main([*argv, *small, *feed, "--device", "cpu", "--prefilter-on", "device"]) == 0
 
     info = inspect_model(out)
     assert info.purpose == "restore" and info.architecture == "StudioRestoreVAE"
@@ -241,3 +241,14 @@ def test_batches_and_their_replays_come_out_on_the_trainers_device(photos):
     with BatchFeed(source(photos), workers=1, replay=2, seed=0, device=device) as feed:
         batches = [feed.next() for _ in range(6)]
     assert all(getattr(b, f).device == device for b in batches for f in ("degraded", "target"))
+
+
+def test_prefiltering_on_the_device_gives_the_batches_the_workers_would_have(photos):
+    """On a GPU the workers only age and the trainer prefilters: the network must see the same."""
+    in_workers = BatchFeed(source(photos), workers=0, replay=0, seed=0).next()
+    unfiltered = source(photos, prefilter=False)
+    on_device = BatchFeed(unfiltered, workers=0, replay=0, seed=0, prefilter=3.0).next()
+
+    assert torch.equal(on_device.raw, in_workers.raw)
+    assert torch.equal(on_device.degraded, in_workers.degraded)
+    assert not torch.equal(on_device.degraded, on_device.raw)

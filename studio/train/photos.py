@@ -6,6 +6,8 @@ machine the models were trained on:
 
 - mate-backgrounds (GPL-2+), under /usr/share/backgrounds/mate/nature
 - lomiri-wallpapers-16.04 (CC-BY-4.0, CC-BY-SA-4.0, CC0-1.0), under /usr/share/backgrounds
+- lomiri-wallpapers-20.04 (CC-BY-SA-3.0), also under /usr/share/backgrounds: one photograph, held
+  out for validation; its other pictures are not photographs and are not used
 
 Any other folder of photographs trains too: every picture in it whose name is not held out.
 """
@@ -30,9 +32,19 @@ TEST_PHOTOS = (
 VALIDATION_PHOTOS = (
     "life_by_Aitzol_Berasategi.jpg",  # lomiri, CC-BY-4.0: a stream among rocks
     "Dune.jpg",  # mate, GPL-2+: grass
+    # lomiri 20.04, CC-BY-SA-3.0: a bird on bark before a smooth, out-of-focus background, as
+    # the smoother test photos are (the two above are all texture); skipped where not installed
+    "Kleiber_by_Lukas_Baubkus.jpg",
 )
-# Not used at all: a smooth colour gradient, not a photograph.
-UNUSED_PHOTOS = ("umang_by_Abhishek_Mudgal.jpg",)
+# Not used at all: not photographs (a colour gradient; abstract shapes; a night-sky composite
+# whose stars look like dust).
+UNUSED_PHOTOS = (
+    "umang_by_Abhishek_Mudgal.jpg",
+    "Fossa_by_Jasper_Roks.jpg",
+    "Painting-Colors_by__herobrine7gamer.jpg",
+    "Infinite-Sea_by_Aury88.jpg",
+    "warty-final-ubuntu.png",
+)
 
 HELD_OUT = frozenset(TEST_PHOTOS + VALIDATION_PHOTOS + UNUSED_PHOTOS)
 

@@ -21,9 +21,11 @@ photos every `--eval-every` seconds and the best PSNR kept. Seeded throughout; o
 `--minutes` sets the schedule by the clock.
 `--resume FILE` continues from saved weights; `--init FILE` starts a network of another shape
 from them where they fit (new inputs and blocks start as no-ops). Batches are aged in
-`--workers` background processes (the non-local-means prefilter costs more than a training
-step; on a GPU, `--replay` keeps the GPU busy while they catch up). `--device` picks CUDA, then
-Apple MPS, then the CPU. Weights are saved as fp32 safetensors with the facts in metadata.
+`--workers` background processes. The non-local-means prefilter is most of the ageing's cost
+(ten times the rest): on a GPU the trainer runs it there (`studio.nn.nlm`, level for level
+OpenCV's), so the workers only age; `--replay` keeps the GPU busy if they still fall behind.
+`--device` picks CUDA, then Apple MPS, then the CPU. Weights are saved as fp32 safetensors with
+the facts in metadata.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from studio.models.device import DEVICE_CHOICES, resolve_device
+from studio.nn.nlm import denoise_colored
 from studio.nn.restore_vae import (
     ARCHITECTURE_ID,
     RestoreVAE,
@@ -72,6 +75,8 @@ MSE_SCALE = 16.0  # --loss mse: squared error x this about matches L1's pull at 
 SCALE_WEIGHT = 0.02
 MASK_WEIGHT = 0.1
 MASK_POS_WEIGHT = 4.0  # damage is rare; positives count this much more
+NLM_OFFSETS_AT_ONCE = 147  # the device prefilter's window offsets per pass (of 441): at batch
+# 16 of 128 px, about 0.3 GB for each of its int32 temporaries
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -109,6 +114,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=5.0,
         metavar="H",
         help="non-local-means strength in front of the network (0 = none)",
+    )
+    parser.add_argument(
+        "--prefilter-on",
+        choices=("auto", "workers", "device"),
+        default="auto",
+        help="where the prefilter runs: in the ageing workers (OpenCV), or batched on the "
+        "training device; auto: the device unless it is the CPU",
     )
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
@@ -291,8 +303,17 @@ class Trainer:
                 share_stem(self.model)
         self.model.to(self.device)
         log(f"training on {self.device}")
+        on_device = args.prefilter_on == "device" or (
+            args.prefilter_on == "auto" and self.device.type != "cpu"
+        )
+        log(f"prefilter on {'the ' + self.device.type if on_device else 'the workers'}")
         self.feed = BatchFeed(
-            AgedPatches(self.photos, args), args.workers, args.replay, args.seed, self.device
+            AgedPatches(self.photos, args, prefilter=not on_device),
+            args.workers,
+            args.replay,
+            args.seed,
+            self.device,
+            args.prefilter if on_device else 0.0,
         )
         self.average = copy.deepcopy(self.model).requires_grad_(False)
         self.optimiser = torch.optim.Adam(self.model.parameters(), args.lr, betas=(0.9, 0.99))
@@ -386,10 +407,13 @@ class AgedPatches:
     """An endless stream of aged training batches; worker `k` draws its own, seeded by the
     run's seed and `k`."""
 
-    def __init__(self, photos: Sequence[Path], args: argparse.Namespace) -> None:
+    def __init__(
+        self, photos: Sequence[Path], args: argparse.Namespace, prefilter: bool = True
+    ) -> None:
         self.photos = list(photos)
         self.seed, self.patch, self.size = args.seed, args.patch, args.batch
-        self.strength, self.flat_keep = args.prefilter, args.flat_keep
+        self.strength = args.prefilter if prefilter else 0.0  # 0: the feed's device prefilters
+        self.flat_keep = args.flat_keep
 
     def batches(self, worker: int) -> Iterator[Batch]:
         rng = random.Random(f"restore-batches/{self.seed}/{worker}")
@@ -419,7 +443,9 @@ class BatchFeed:
     fall behind the trainer (the prefilter costs more than a step: on a GPU they always do), one
     of the last `replay` batches is used again, turned or mirrored, rather than waiting. Without
     replay, and with at most one worker, the batches repeat exactly; several workers
-    fill one queue in the order they finish. Batches come out on `device` (and are turned there)."""
+    fill one queue in the order they finish. Batches come out on `device` (and are turned there);
+    with `prefilter` > 0 the source's batches are unfiltered, and the feed prefilters them there
+    at that strength."""
 
     def __init__(
         self,
@@ -428,9 +454,11 @@ class BatchFeed:
         replay: int,
         seed: int,
         device: torch.device | None = None,
+        prefilter: float = 0.0,
     ) -> None:
         self.replay, self.rng = replay, random.Random(f"restore-replay/{seed}")
         self.device = device or torch.device("cpu")
+        self.prefilter = prefilter
         self.recent: list[Batch] = []
         self.fresh = self.replayed = 0
         self.local = source.batches(0) if workers == 0 else None
@@ -454,7 +482,7 @@ class BatchFeed:
 
     def next(self) -> Batch:
         if self.local is not None:
-            return next(self.local).to(self.device)
+            return self._arrived(next(self.local))
         if self.replay and len(self.recent) >= self.replay:
             try:
                 batch = self._checked(self.queue.get_nowait())
@@ -480,7 +508,15 @@ class BatchFeed:
     def _checked(self, item: Batch | WorkerFailure) -> Batch:
         if isinstance(item, WorkerFailure):
             raise RuntimeError(f"ageing a batch failed in worker {item.worker}:\n{item.text}")
-        return item.to(self.device)
+        return self._arrived(item)
+
+    def _arrived(self, batch: Batch) -> Batch:
+        batch = batch.to(self.device)
+        if self.prefilter > 0:
+            chunk = NLM_OFFSETS_AT_ONCE if self.device.type != "cpu" else 21
+            degraded = denoise_colored(batch.raw, self.prefilter, chunk)
+            batch = replace(batch, degraded=degraded)
+        return batch
 
 
 def _turned(batch: Batch, rng: random.Random) -> Batch:
