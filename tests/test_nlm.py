@@ -62,11 +62,39 @@ def test_one_and_two_plane_denoising_is_opencvs(planes):
     np.testing.assert_array_equal(ours[0].permute(1, 2, 0).numpy(), expected.reshape(levels.shape))
 
 
-def test_three_planes_at_once_or_a_single_row_are_refused():
+def test_a_fractional_strength_weighs_patches_as_opencvs_float_does():
+    """OpenCV squares h in single precision; in double, h = 30.7 moves one weight by one."""
+    rng = np.random.default_rng(1117)
+    levels = np.zeros((24, 24), np.uint8)
+    count = rng.integers(2, 6)
+    ys, xs = rng.integers(0, 24, count), rng.integers(0, 24, count)
+    levels[ys, xs] = rng.choice([200, 90, 60, 150, 219, 30, 120], count)
+    levels = (levels + rng.integers(0, 3, levels.shape)).astype(np.uint8)
+
+    ours = denoise_levels(torch.from_numpy(levels).int()[None, None], 30.7)
+
+    expected = cv2.fastNlMeansDenoising(levels, None, 30.7, 7, 21)
+    np.testing.assert_array_equal(ours[0, 0].numpy(), expected)
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 9), (9, 1), (1, 1), (2, 2)])
+def test_single_rows_and_columns_are_denoised_as_opencv_denoises_them(height, width):
+    levels = np.random.default_rng(3).integers(0, 256, (height, width), dtype=np.uint8)
+    ours = denoise_levels(torch.from_numpy(levels).int()[None, None], 40.0)
+    expected = cv2.fastNlMeansDenoising(levels, None, 40.0, 7, 21).reshape(height, width)
+    np.testing.assert_array_equal(ours[0, 0].numpy(), expected)
+
+
+def test_strength_zero_keeps_the_planes_as_opencv_does():
+    levels = np.random.default_rng(5).integers(0, 256, (12, 12), dtype=np.uint8)
+    ours = denoise_levels(torch.from_numpy(levels).int()[None, None], 0.0)
+    np.testing.assert_array_equal(ours[0, 0].numpy(), cv2.fastNlMeansDenoising(levels, None, 0.0))
+    np.testing.assert_array_equal(ours[0, 0].numpy(), levels)
+
+
+def test_three_planes_at_once_are_refused():
     with pytest.raises(ValueError, match="one or two planes"):
         denoise_levels(torch.zeros((1, 3, 8, 8), dtype=torch.int32), 5.0)
-    with pytest.raises(ValueError, match="2x2"):
-        denoise_levels(torch.zeros((1, 1, 1, 8), dtype=torch.int32), 5.0)
 
 
 def test_strength_zero_is_no_prefilter():

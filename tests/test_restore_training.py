@@ -3,6 +3,7 @@ the prefiltered one, and the worker processes that age the batches."""
 
 import argparse
 import json
+import queue
 import random
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from safetensors import safe_open
 
 from studio.models.device import DeviceError
 from studio.models.upscalers import inspect_model
+from studio.nn.nlm import denoise_colored
 from studio.nn.restore_vae import RestoreVAE, build_from_state, warm_start
 from studio.train.photos import VALIDATION_PHOTOS
 from studio.train.restore import (
@@ -194,12 +196,13 @@ def photo_folder(tmp_path) -> Path:
     return folder
 
 
-def test_a_short_run_saves_a_restorer_the_app_accepts(photo_folder, tmp_path):
+@pytest.mark.parametrize("prefilter_on", ["auto", "device"])
+def test_a_short_run_saves_a_restorer_the_app_accepts(photo_folder, tmp_path, prefilter_on):
     out = tmp_path / "vae.safetensors"
     small = ["--width", "8", "--latent", "4", "--blocks", "1", "--fine", "1"]
     feed = ["--patch", "32", "--batch", "2", "--workers", "0", "--threads", "1"]
     argv = ["--data", str(photo_folder), "--out", str(out), "--steps", "3", "--eval-every", "0"]
-    assert main([*argv, *small, *feed, "--device", "cpu", "--prefilter-on", "device"]) == 0
+    assert main([*argv, *small, *feed, "--device", "cpu", "--prefilter-on", prefilter_on]) == 0
 
     info = inspect_model(out)
     assert info.purpose == "restore" and info.architecture == "StudioRestoreVAE"
@@ -241,6 +244,27 @@ def test_batches_and_their_replays_come_out_on_the_trainers_device(photos):
     with BatchFeed(source(photos), workers=1, replay=2, seed=0, device=device) as feed:
         batches = [feed.next() for _ in range(6)]
     assert all(getattr(b, f).device == device for b in batches for f in ("degraded", "target"))
+
+
+def test_a_worker_feeding_a_device_prefilter_gets_every_batch_filtered_exactly_once(photos):
+    feed = BatchFeed(source(photos, prefilter=False), workers=1, replay=2, seed=0, prefilter=3.0)
+    with feed:
+        batches = [feed.next() for _ in range(4)]
+
+        class Behind:  # the worker has nothing ready: the feed replays
+            def get_nowait(self):
+                raise queue.Empty
+
+        feed.queue = Behind()
+        batches += [feed.next() for _ in range(4)]
+    assert feed.replayed == 4
+    for batch in batches:  # fresh or turned, each one filtered once
+        assert torch.equal(batch.degraded, denoise_colored(batch.raw, 3.0))
+
+
+def test_a_feed_refuses_to_prefilter_batches_that_were_prefiltered_already(photos):
+    with pytest.raises(ValueError, match="prefiltered already"):
+        BatchFeed(source(photos), workers=0, replay=0, seed=0, prefilter=3.0)
 
 
 def test_prefiltering_on_the_device_gives_the_batches_the_workers_would_have(photos):

@@ -9,7 +9,8 @@ engine, which keeps calling OpenCV, gives it: the result is the same, level for 
 conversions to and from Lab are OpenCV's own, tabulated once per device (48 MiB each).
 
 Memory: the window's 441 offsets are processed `chunk` at a time, each as a copy of the batch's
-int32 planes.
+int32 planes; about six such temporaries are alive at once (at batch 16 of 128 px and 147
+offsets, about 2.5 GB).
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ def denoise_levels(planes: torch.Tensor, h: float, chunk: int = 21) -> torch.Ten
     n, channels, height, width = planes.shape
     if channels not in (1, 2):
         raise ValueError("OpenCV denoises one or two planes at a time")
-    if height <= 1 or width <= 1:
-        raise ValueError("non-local means needs at least 2x2 pixels")
-    table = _weight_table(h, channels, planes.device)
+    if h == 0:  # OpenCV's weights are then 1 for identical patches, 0 for all others
+        return planes.to(torch.int32)
+    table = _weight_table(float(h), channels, planes.device)
     padded = _reflect(planes.to(torch.int32), SEARCH_HALF + TEMPLATE_HALF)
     reach = 2 * TEMPLATE_HALF  # a patch's reach beyond the pixels it is compared for
 
@@ -67,18 +68,20 @@ def denoise_levels(planes: torch.Tensor, h: float, chunk: int = 21) -> torch.Ten
     weights = torch.zeros(n, 1, height, width, dtype=torch.int32, device=planes.device)
     for start in range(0, len(offsets), chunk):
         shifted = torch.stack([patches(dy, dx) for dy, dx in offsets[start : start + chunk]])
-        squared = (shifted - centre).square().sum(dim=2)  # (G, N, H + 6, W + 6)
+        squared = (shifted - centre).square().sum(dim=2, dtype=torch.int32)  # (G, N, H+6, W+6)
         distance = _box_sum(squared, 2 * TEMPLATE_HALF + 1)  # (G, N, H, W): exact in int32
         weight = table[(distance >> _TEMPLATE_SHIFT).long()]
         values = shifted[..., TEMPLATE_HALF:-TEMPLATE_HALF, TEMPLATE_HALF:-TEMPLATE_HALF]
         estimate += (weight[:, :, None] * values).sum(dim=0, dtype=torch.int32)
         weights += weight.sum(dim=0, dtype=torch.int32)[:, None]
-    # rounded as OpenCV rounds, in 64 bits: for a white area the sum passes 2^31 (OpenCV: unsigned)
+    # rounded as OpenCV rounds, in 64 bits: for a white area the sum plus half the weights passes
+    # 2^31 (OpenCV divides unsigned)
     estimate, weights = estimate.long(), weights.long()
     result = torch.div(estimate + weights // 2, weights, rounding_mode="floor")
     return result.clamp(0, 255).to(torch.int32)
 
 
+@functools.lru_cache(maxsize=8)
 def _weight_table(h: float, channels: int, device: torch.device) -> torch.Tensor:
     """OpenCV's `almost_dist2weight`: the fixed-point weight of every patch distance / 64."""
     template = (2 * TEMPLATE_HALF + 1) ** 2
@@ -87,7 +90,10 @@ def _weight_table(h: float, channels: int, device: torch.device) -> torch.Tensor
     multiplier = (1 << _TEMPLATE_SHIFT) / template
     size = int(255 * 255 * channels / multiplier + 1)
     distance = torch.arange(size, dtype=torch.float64) * multiplier
-    weight = torch.round(fixed_point * torch.exp(-distance / (h * h * channels)))
+    # OpenCV holds h as a float and squares it in float: for most fractional h that differs
+    # from a double's square in the last bits, enough to move a weight by one
+    spread = float(np.float32(np.float32(h) * np.float32(h)) * np.float32(channels))
+    weight = torch.round(fixed_point * torch.exp(-distance / spread))
     weight[weight < WEIGHT_THRESHOLD * fixed_point] = 0
     return weight.to(device=device, dtype=torch.int32)
 
@@ -97,8 +103,11 @@ def _reflect(planes: torch.Tensor, border: int) -> torch.Tensor:
     reflected again where the border is wider than the picture, as OpenCV does."""
 
     def reflected(size: int) -> torch.Tensor:
+        index = torch.arange(-border, size + border, device=planes.device)
+        if size == 1:
+            return torch.zeros_like(index)
         period = 2 * (size - 1)
-        index = torch.arange(-border, size + border, device=planes.device) % period
+        index = index % period
         return torch.where(index < size, index, period - index)
 
     rows = planes.index_select(-2, reflected(planes.shape[-2]))

@@ -7,7 +7,8 @@ machine the models were trained on:
 - mate-backgrounds (GPL-2+), under /usr/share/backgrounds/mate/nature
 - lomiri-wallpapers-16.04 (CC-BY-4.0, CC-BY-SA-4.0, CC0-1.0), under /usr/share/backgrounds
 - lomiri-wallpapers-20.04 (CC-BY-SA-3.0), also under /usr/share/backgrounds: one photograph, held
-  out for validation; its other pictures are not photographs and are not used
+  out for validation; its other pictures, and those of lomiri-wallpapers (which depends on it),
+  are not photographs and are not used
 
 Any other folder of photographs trains too: every picture in it whose name is not held out.
 """
@@ -36,14 +37,14 @@ VALIDATION_PHOTOS = (
     # the smoother test photos are (the two above are all texture); skipped where not installed
     "Kleiber_by_Lukas_Baubkus.jpg",
 )
-# Not used at all: not photographs (a colour gradient; abstract shapes; a night-sky composite
-# whose stars look like dust).
+# Not used at all: not photographs.
 UNUSED_PHOTOS = (
-    "umang_by_Abhishek_Mudgal.jpg",
-    "Fossa_by_Jasper_Roks.jpg",
-    "Painting-Colors_by__herobrine7gamer.jpg",
-    "Infinite-Sea_by_Aury88.jpg",
-    "warty-final-ubuntu.png",
+    "umang_by_Abhishek_Mudgal.jpg",  # a colour gradient
+    "Fossa_by_Jasper_Roks.jpg",  # abstract shapes
+    "Painting-Colors_by__herobrine7gamer.jpg",  # stripes of colour
+    "Infinite-Sea_by_Aury88.jpg",  # a night-sky composite whose stars look like dust
+    "warty-final-ubuntu.png",  # lomiri-wallpapers: a gradient
+    "lomiri-default-background.png",  # lomiri-wallpapers: a gradient
 )
 
 HELD_OUT = frozenset(TEST_PHOTOS + VALIDATION_PHOTOS + UNUSED_PHOTOS)

@@ -22,7 +22,7 @@ photos every `--eval-every` seconds and the best PSNR kept. Seeded throughout; o
 `--resume FILE` continues from saved weights; `--init FILE` starts a network of another shape
 from them where they fit (new inputs and blocks start as no-ops). Batches are aged in
 `--workers` background processes. The non-local-means prefilter is most of the ageing's cost
-(ten times the rest): on a GPU the trainer runs it there (`studio.nn.nlm`, level for level
+(ten times the rest): on a CUDA GPU the trainer runs it there (`studio.nn.nlm`, level for level
 OpenCV's), so the workers only age; `--replay` keeps the GPU busy if they still fall behind.
 `--device` picks CUDA, then Apple MPS, then the CPU. Weights are saved as fp32 safetensors with
 the facts in metadata.
@@ -76,7 +76,7 @@ SCALE_WEIGHT = 0.02
 MASK_WEIGHT = 0.1
 MASK_POS_WEIGHT = 4.0  # damage is rare; positives count this much more
 NLM_OFFSETS_AT_ONCE = 147  # the device prefilter's window offsets per pass (of 441): at batch
-# 16 of 128 px, about 0.3 GB for each of its int32 temporaries
+# 16 of 128 px, about 2.5 GB at its peak
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -120,7 +120,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("auto", "workers", "device"),
         default="auto",
         help="where the prefilter runs: in the ageing workers (OpenCV), or batched on the "
-        "training device; auto: the device unless it is the CPU",
+        "training device; auto: the device when it is a CUDA GPU",
     )
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
@@ -304,9 +304,12 @@ class Trainer:
         self.model.to(self.device)
         log(f"training on {self.device}")
         on_device = args.prefilter_on == "device" or (
-            args.prefilter_on == "auto" and self.device.type != "cpu"
+            args.prefilter_on == "auto" and self.device.type == "cuda"
         )
-        log(f"prefilter on {'the ' + self.device.type if on_device else 'the workers'}")
+        if args.prefilter <= 0:
+            log("prefilter: none")
+        else:
+            log(f"prefilter: {f'batched on {self.device}' if on_device else 'OpenCV, as aged'}")
         self.feed = BatchFeed(
             AgedPatches(self.photos, args, prefilter=not on_device),
             args.workers,
@@ -440,7 +443,7 @@ def _produce(source: AgedPatches, worker: int, batches: Any) -> None:
 
 class BatchFeed:
     """Batches aged by `workers` processes (0: in this one). With `replay`, when the workers
-    fall behind the trainer (the prefilter costs more than a step: on a GPU they always do), one
+    fall behind the trainer (ageing a batch costs more than a step on a GPU), one
     of the last `replay` batches is used again, turned or mirrored, rather than waiting. Without
     replay, and with at most one worker, the batches repeat exactly; several workers
     fill one queue in the order they finish. Batches come out on `device` (and are turned there);
@@ -458,6 +461,8 @@ class BatchFeed:
     ) -> None:
         self.replay, self.rng = replay, random.Random(f"restore-replay/{seed}")
         self.device = device or torch.device("cpu")
+        if prefilter > 0 and source.strength > 0:
+            raise ValueError("the batches are prefiltered already; prefilter them once")
         self.prefilter = prefilter
         self.recent: list[Batch] = []
         self.fresh = self.replayed = 0
