@@ -1,8 +1,8 @@
 """Which photographs train the shipped upscalers, which choose checkpoints, and which test them.
 
 The split is fixed by file name so that training, the checkpoint choice and the quality bench never
-see each other's pictures. The names are those of two Debian packages, installed by default on the
-machine the models were trained on:
+see each other's pictures. The names are those of Debian packages (the first two were installed
+on the machine the shipped models were trained on):
 
 - mate-backgrounds (GPL-2+), under /usr/share/backgrounds/mate/nature
 - lomiri-wallpapers-16.04 (CC-BY-4.0, CC-BY-SA-4.0, CC0-1.0), under /usr/share/backgrounds
