@@ -1,7 +1,7 @@
 """The restorer's training prefilter: batched non-local means on a device against OpenCV.
 
     python bench/prefilter.py [--device cuda] [--batch 16] [--patch 128] [--workers 14]
-                              [--rounds 5] [--chunk 147]
+                              [--rounds 5] [--chunk N]
 
 Training ages batches of patches; each patch is then denoised by OpenCV's
 `fastNlMeansDenoisingColored` (h = 5), one core per ageing worker. `studio.nn.nlm` computes the
@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -33,6 +35,18 @@ from studio.nn.nlm import denoise_colored
 from studio.nn.restore_vae import prefilter
 
 STRENGTH = 5.0
+T = TypeVar("T")
+
+
+def best_of(rounds: int, run: Callable[[], T]) -> tuple[float, T]:
+    """The fastest of `rounds` runs after one warm-up (set-up, tables, kernels), and a result."""
+    result = run()
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - started)
+    return min(times), result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--workers", type=int, default=14, help="cores the trainer would age on")
     parser.add_argument("--rounds", type=int, default=5, help="best of (at least 1)")
-    parser.add_argument("--chunk", type=int, default=147, help="window offsets per pass (of 441)")
+    parser.add_argument(
+        "--chunk", type=int, default=None, help="window offsets per pass (of 441; default: nlm's)"
+    )
     args = parser.parse_args(argv)
     args.rounds = max(1, args.rounds)
     device = resolve_device(args.device)
@@ -50,25 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     patches = rng.random((args.batch, args.patch, args.patch, 3), dtype=np.float32)
 
     cv2.setNumThreads(1)
-    prefilter(patches[0], STRENGTH)  # OpenCV's one-time set-up
-    opencv_times = []
-    for _ in range(args.rounds):
-        started = time.perf_counter()
-        expected = np.stack([prefilter(patch, STRENGTH) for patch in patches])
-        opencv_times.append(time.perf_counter() - started)
-    opencv = min(opencv_times)
-
+    opencv, expected = best_of(
+        args.rounds, lambda: np.stack([prefilter(patch, STRENGTH) for patch in patches])
+    )
     batch = torch.from_numpy(patches).permute(0, 3, 1, 2).to(device)
-    denoise_colored(batch, STRENGTH, args.chunk)  # the Lab tables, the kernels
-    times = []
-    for _ in range(args.rounds):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        result = denoise_colored(batch, STRENGTH, args.chunk)
-        result = result.cpu()  # waits for the device
-        times.append(time.perf_counter() - started)
-    batched = min(times)
+    # .cpu() waits for the device
+    batched, result = best_of(
+        args.rounds, lambda: denoise_colored(batch, STRENGTH, args.chunk).cpu()
+    )
     same = np.array_equal(result.permute(0, 2, 3, 1).numpy(), expected)
 
     size = f"{args.batch} patches of {args.patch} px"

@@ -75,8 +75,6 @@ MSE_SCALE = 16.0  # --loss mse: squared error x this about matches L1's pull at 
 SCALE_WEIGHT = 0.02
 MASK_WEIGHT = 0.1
 MASK_POS_WEIGHT = 4.0  # damage is rare; positives count this much more
-NLM_OFFSETS_AT_ONCE = 147  # the device prefilter's window offsets per pass (of 441): at batch
-# 16 of 128 px, about 2.5 GB at its peak
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -518,9 +516,7 @@ class BatchFeed:
     def _arrived(self, batch: Batch) -> Batch:
         batch = batch.to(self.device)
         if self.prefilter > 0:
-            # a GPU takes many offsets per pass; a CPU is faster with a few (they stay in cache)
-            chunk = NLM_OFFSETS_AT_ONCE if self.device.type != "cpu" else 21
-            degraded = denoise_colored(batch.raw, self.prefilter, chunk)
+            degraded = denoise_colored(batch.raw, self.prefilter)
             batch = replace(batch, degraded=degraded)
         return batch
 
