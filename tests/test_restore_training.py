@@ -1,5 +1,6 @@
 """Training pieces of the restoration VAE: warm starts that change nothing, the raw scan beside
-the prefiltered one, and the worker processes that age the batches."""
+the prefiltered one, the worker processes that age the batches, and the conditional VAE's
+recognition network that makes the latent worth reading."""
 
 import argparse
 import json
@@ -7,6 +8,7 @@ import queue
 import random
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,13 @@ from safetensors import safe_open
 from studio.models.device import DeviceError
 from studio.models.upscalers import inspect_model
 from studio.nn.nlm import denoise_colored
-from studio.nn.restore_vae import RestoreVAE, build_from_state, warm_start
+from studio.nn.restore_vae import (
+    Recognition,
+    RestoreVAE,
+    build_from_state,
+    gaussian_kl,
+    warm_start,
+)
 from studio.train.photos import VALIDATION_PHOTOS
 from studio.train.restore import (
     INPAINT_WEIGHT,
@@ -25,11 +33,15 @@ from studio.train.restore import (
     Batch,
     BatchFeed,
     _turned,
+    decode_for_training,
+    inpaint_mask,
     losses,
     main,
     make_batch,
+    revive_latent,
     share_stem,
 )
+from studio.train.restore_degrade import DamagedPhoto
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -140,9 +152,9 @@ def test_a_replayed_batch_is_turned_as_one_piece():
         assert torch.equal(t.damage, t.degraded[:, :1])
 
 
-def source(photos: list[Path], prefilter: bool = True) -> AgedPatches:
+def source(photos: list[Path], prefilter_here: bool = True) -> AgedPatches:
     args = argparse.Namespace(seed=0, patch=32, batch=2, prefilter=3.0, flat_keep=1.0)
-    return AgedPatches(photos, args, prefilter=prefilter)
+    return AgedPatches(photos, args, prefilter_here=prefilter_here)
 
 
 @pytest.fixture
@@ -208,7 +220,7 @@ def test_a_short_run_saves_a_restorer_the_app_accepts(photo_folder, tmp_path, pr
     assert info.purpose == "restore" and info.architecture == "StudioRestoreVAE"
     with safe_open(str(out), "pt") as handle:
         metadata = handle.metadata()
-    assert metadata["run_steps"] == "3"
+    assert metadata["run_steps"] == "3" and 1 <= int(metadata["steps"]) <= 3  # never the start
     assert json.loads(metadata["training_photos"]) == ["a.png", "b.png"]
 
 
@@ -216,6 +228,7 @@ def test_asking_to_train_on_a_gpu_this_machine_lacks_is_a_clear_error(photo_fold
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     argv = ["--data", str(photo_folder), "--out", str(tmp_path / "x"), "--steps", "1"]
+    argv += ["--threads", "1"]  # main sets torch's threads, for the tests after this one too
     with pytest.raises(DeviceError, match="CUDA"):
         main([*argv, "--device", "cuda", "--workers", "0"])
 
@@ -228,11 +241,12 @@ def test_the_pixel_loss_is_l1_or_scaled_squared_error_weighted_up_inside_the_inp
     target = torch.rand((2, 3, 16, 16), generator=generator)
     batch = Batch(image, image, inpaint, target, inpaint)
 
-    l1 = losses(model, batch, torch.Generator().manual_seed(1), "l1")
-    mse = losses(model, batch, torch.Generator().manual_seed(1), "mse")
+    recognition = Recognition(model.width, model.latent)
+    l1 = losses(model, recognition, batch, torch.Generator().manual_seed(1), "l1")
+    mse = losses(model, recognition, batch, torch.Generator().manual_seed(1), "mse")
 
     epsilon = torch.randn((2, model.latent, 4, 4), generator=torch.Generator().manual_seed(1))
-    error = model.forward_train(image, image, inpaint, epsilon)["restored"] - target
+    error = decode_for_training(model, recognition, batch, epsilon)["restored"] - target
     for term, per_pixel in ((l1["l1"], error.abs()), (mse["mse"], MSE_SCALE * error.pow(2))):
         inside = (per_pixel * inpaint).sum() / (3 * inpaint.sum() + 1)
         assert torch.allclose(term, per_pixel.mean() + INPAINT_WEIGHT * inside)
@@ -247,7 +261,7 @@ def test_batches_and_their_replays_come_out_on_the_trainers_device(photos):
 
 
 def test_a_worker_feeding_a_device_prefilter_gets_every_batch_filtered_exactly_once(photos):
-    feed = BatchFeed(source(photos, prefilter=False), workers=1, replay=2, seed=0, prefilter=3.0)
+    feed = BatchFeed(source(photos, prefilter_here=False), workers=1, replay=2, seed=0)
     with feed:
         batches = [feed.next() for _ in range(4)]
 
@@ -262,17 +276,129 @@ def test_a_worker_feeding_a_device_prefilter_gets_every_batch_filtered_exactly_o
         assert torch.equal(batch.degraded, denoise_colored(batch.raw, 3.0))
 
 
-def test_a_feed_refuses_to_prefilter_batches_that_were_prefiltered_already(photos):
-    with pytest.raises(ValueError, match="prefiltered already"):
-        BatchFeed(source(photos), workers=0, replay=0, seed=0, prefilter=3.0)
-
-
 def test_prefiltering_on_the_device_gives_the_batches_the_workers_would_have(photos):
     """On a GPU the workers only age and the trainer prefilters: the network must see the same."""
     in_workers = BatchFeed(source(photos), workers=0, replay=0, seed=0).next()
-    unfiltered = source(photos, prefilter=False)
-    on_device = BatchFeed(unfiltered, workers=0, replay=0, seed=0, prefilter=3.0).next()
+    on_device = BatchFeed(source(photos, False), workers=0, replay=0, seed=0).next()
 
     assert torch.equal(on_device.raw, in_workers.raw)
     assert torch.equal(on_device.degraded, in_workers.degraded)
     assert not torch.equal(on_device.degraded, on_device.raw)
+
+
+def test_the_recognition_network_starts_as_the_prior_and_the_kl_is_that_of_two_gaussians():
+    generator = torch.Generator().manual_seed(0)
+    prior_mean, prior_logvar = torch.randn((2, 2, 4, 4, 4), generator=generator)
+    clean, image, raw = torch.rand((3, 2, 3, 16, 16), generator=generator)
+    inpaint = torch.zeros((2, 1, 16, 16))
+    mean, logvar = Recognition(8, 4)(clean, image, raw, inpaint, prior_mean, prior_logvar)
+    assert torch.equal(mean, prior_mean) and torch.equal(logvar, prior_logvar)
+
+    other_mean, other_logvar = torch.randn((2, 2, 4, 4, 4), generator=generator)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(other_mean, torch.exp(0.5 * other_logvar)),
+        torch.distributions.Normal(prior_mean, torch.exp(0.5 * prior_logvar)),
+    )
+    kl = gaussian_kl(other_mean, other_logvar, prior_mean, prior_logvar)
+    assert torch.allclose(kl, expected, atol=1e-5)
+    assert torch.equal(gaussian_kl(prior_mean, prior_logvar, prior_mean, prior_logvar), 0 * kl)
+
+
+def test_training_decodes_a_posterior_sample_and_each_kl_trains_one_side():
+    model = network()
+    recognition = Recognition(model.width, model.latent)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        recognition.head.weight.normal_(0, 0.1, generator=generator)  # q no longer equals p
+    image = torch.rand((2, 3, 16, 16), generator=generator)
+    inpaint = (torch.rand((2, 1, 16, 16), generator=generator) > 0.8).float()
+    target = torch.rand(image.shape, generator=generator)
+    batch = Batch(image, image, inpaint, target, inpaint)
+    epsilon = torch.randn((2, 4, 4, 4), generator=generator)
+
+    out = decode_for_training(model, recognition, batch, epsilon)
+    prior_mean, prior_logvar, skips = model.encode(image, image, inpaint)
+    mean, logvar = recognition(target, image, image, inpaint, prior_mean, prior_logvar)
+    residual = model.decode(mean + torch.exp(0.5 * logvar) * epsilon, skips)[0]
+    assert torch.allclose(out["restored"], image * (1 - inpaint) + residual, atol=1e-6)
+    assert torch.allclose(out["kl_posterior"], out["kl_prior"]) and out["kl_prior"].mean() > 0
+
+    def touched(term: torch.Tensor) -> set[str]:
+        model.zero_grad()
+        recognition.zero_grad()
+        term.mean().backward(retain_graph=True)
+        heads = {"posterior": model.posterior, "recognition": recognition.head}
+        return {
+            n
+            for n, layer in heads.items()
+            if layer.weight.grad is not None and layer.weight.grad.any()
+        }
+
+    assert touched(out["kl_prior"]) == {"posterior"}
+    assert "recognition" in touched(out["kl_posterior"])
+    assert touched(out["restored"]) == {"posterior", "recognition"}
+
+
+def test_reviving_the_latent_gives_only_the_decoders_weights_on_it_a_fresh_scale():
+    model = network()
+    with torch.no_grad():
+        model.from_latent.weight[:, : model.latent] *= 0.01
+    before = model.from_latent.weight.detach().clone()
+    revive_latent(model)
+    after = model.from_latent.weight.detach()
+    assert torch.equal(after[:, model.latent :], before[:, model.latent :])
+    fresh_scale = torch.nn.Conv2d(after.shape[1], after.shape[0], 3).weight.abs().mean()
+    assert after[:, : model.latent].abs().mean() > 0.5 * fresh_scale
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sampled_variations_differ_where_the_scan_cannot_tell_what_was_there(seed):
+    """A square painted black or white at random, under an inpaint mask: samples must give both,
+    each often (a decoder that ignores its latent gives one; a collapsed latent nearly one)."""
+
+    def squares(generator: torch.Generator, n: int) -> Batch:
+        image = torch.rand((n, 3, 1, 1), generator=generator).expand(n, 3, 16, 16).clone()
+        inpaint = torch.zeros((n, 1, 16, 16))
+        inpaint[..., 4:12, 4:12] = 1
+        colour = (torch.rand((n, 1, 1, 1), generator=generator) > 0.5).float()
+        target = image * (1 - inpaint) + colour * inpaint
+        return Batch(image, image, inpaint, target, torch.zeros_like(inpaint))
+
+    torch.manual_seed(seed)
+    model = RestoreVAE(width=8, latent=4, blocks=1, fine=1)
+    recognition = Recognition(8, 4)
+    trained = [*model.parameters(), *recognition.parameters()]
+    optimiser = torch.optim.Adam(trained, 2e-3)
+    data, noise = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    for _ in range(800):
+        total = losses(model, recognition, squares(data, 8), noise)["total"]
+        optimiser.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimiser.step()
+
+    scan = squares(torch.Generator().manual_seed(99), 1)
+    fills = []
+    with torch.no_grad():
+        for k in range(16):
+            latent_noise = torch.randn((1, 1, 16, 16), generator=torch.Generator().manual_seed(k))
+            planes = torch.cat([scan.degraded, scan.inpaint, latent_noise, scan.raw], dim=1)
+            fills.append(float(model.eval()(planes)[:, :3, 4:12, 4:12].mean()))
+    dark, bright = sum(f < 0.3 for f in fills), sum(f > 0.7 for f in fills)
+    assert dark >= 3 and bright >= 3, fills
+
+
+def test_inpaint_masks_keep_the_damage_and_sometimes_paint_over_a_large_patch():
+    damage = np.zeros((128, 128), np.float32)
+    damage[60:62, 10:100] = 1  # a scratch
+    flat = np.zeros((128, 128, 3), np.float32)
+    aged = DamagedPhoto(flat, flat, flat, flat, damage)
+    rng = random.Random(0)
+    masks = [inpaint_mask(aged, rng) for _ in range(200)]
+
+    assert all(mask[damage > 0].all() for mask in masks)  # grown, never shrunk
+    widest = []
+    for mask in masks:
+        eroded = cv2.erode(mask, np.ones((13, 13), np.uint8))  # strokes: at most 11 px wide
+        widest.append(bool(eroded.any()))
+    assert 0.08 < np.mean(widest) < 0.3  # a fifth have a hole (4 to 48 px across)

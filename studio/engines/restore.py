@@ -10,12 +10,12 @@ goes through the network tile by tile, twice when scratches are fixed:
    anew by the decoder from the surroundings. Outside the mask the result is pass 1's pixels, so
    editing the mask changes exactly the pixels whose mask changed.
 
-The latent is a posterior: picture 0 decodes its mean, each further variation decodes a sample
-drawn from a CPU generator seeded by the request (one noise plane that travels with the tiles, so
-tiled and untiled runs draw the same sample). The uncertainty map combines the decoded Laplace
-spread with the spread between variations. Then: denoise level (how much of the network's
-change outside the mask to keep), colour-cast correction (per-channel levels measured on the
-whole result, so it does not depend on tiling) and strength (blend with the original).
+The latent is a Gaussian given the scan: picture 0 decodes its mean, each further variation
+decodes a sample drawn from a CPU generator seeded by the request (one noise plane that travels
+with the tiles, so tiled and untiled runs draw the same sample). The uncertainty map combines the
+decoded Laplace spread with the spread between variations. Then: denoise level (how much of the
+network's change outside the mask to keep), colour-cast correction (per-channel levels measured
+on the whole result, so it does not depend on tiling) and strength (blend with the original).
 
 With a diffusion inpainting model named in the request, the damage mask is repainted by it
 (`studio.engines.diffusion`) on top of the decoder's fill; the pixels outside stay the VAE's.
@@ -82,7 +82,7 @@ class RestoreRequest(Request):
     inpaint_steps: int = 25
     tile: int = 0  # 0 = automatic
     seed: int = 0
-    variations: int = 1  # pictures: the posterior mean, then samples
+    variations: int = 1  # pictures: the latent's mean, then samples
     output_format: str = "png"
     quality: int = 95
     device: str = "auto"
@@ -154,7 +154,7 @@ def _check_whole(value: Any, name: str, low: int, high: int) -> None:
 
 @dataclass
 class RestoreResult:
-    restored: list[Picture]  # the posterior mean first, then the variations
+    restored: list[Picture]  # the latent's mean first, then the variations
     model_name: str
     model_sha256: str
     architecture: str
@@ -366,7 +366,7 @@ def _restorer_for(model: Any, info: Any, request: RestoreRequest) -> _Restorer:
     if request.variations > 1:
         raise EngineError(
             f"{info.name} ({info.architecture}) gives one answer per photo; variations are drawn "
-            "from the restoration VAE's posterior. Set variations to 1."
+            "from the restoration VAE's latent. Set variations to 1."
         )
     return _restore_with_spandrel
 

@@ -1,11 +1,17 @@
-"""Studio's restoration VAE: a damaged photo -> a latent posterior -> the clean photo.
+"""Studio's restoration VAE: a damaged photo -> a Gaussian latent -> the clean photo.
 
 In the spirit of Wan et al., "Bringing Old Photos Back to Life" (CVPR 2020): the degraded picture
-is encoded into a Gaussian posterior over a latent map at a quarter of its resolution; the decoder
-turns a latent sample back into the photo, with skip features from the degraded input at full and
-half resolution carrying the detail the small latent cannot. The decoder predicts a residual over
-the input, a per-pixel Laplace scale (how unsure it is of each pixel) and a damage probability
-(scratches, dust, creases) from the same features.
+is encoded into a Gaussian over a latent map at a quarter of its resolution (the `posterior`
+head); the decoder turns a latent sample back into the photo, with skip features from the
+degraded input at full and half resolution carrying the detail the small latent cannot. The
+decoder predicts a residual over the input, a per-pixel Laplace scale (how unsure it is of each
+pixel) and a damage probability (scratches, dust, creases) from the same features.
+
+Trained as a conditional VAE (Sohn et al., NeurIPS 2015): in training the latent is drawn from a
+recognition network that also sees the clean photo (`Recognition`, not part of the shipped
+weights), and the encoder's Gaussian is pulled towards it as the prior given the scan alone. The
+decoder thus learns to read the latent, and the samples inference draws from the encoder's
+Gaussian are alternative restorations, not noise it ignores.
 
 Inputs are eight planes, so that one tile of the picture carries everything its pixels depend on
 and a tiled run equals an untiled one:
@@ -15,7 +21,7 @@ and a tiled run equals an untiled one:
 - the *inpaint mask*: 1 where the decoder must paint the photo anew (the pixels there are ignored);
   0 elsewhere, where damage is kept but the photo is denoised, deblurred and de-JPEGed;
 - a standard-normal noise plane that draws the latent sample: pixel-unshuffled by 4, its first
-  `latent` channels are the posterior's epsilon (all zeros = the posterior mean);
+  `latent` channels are the latent's epsilon (all zeros = its mean);
 - the raw scan's RGB: the detail the prefilter smoothed away along with the grain, which the
   network needs to sharpen a blurred print.
 
@@ -107,7 +113,8 @@ class RestoreVAE(nn.Module):
     def encode(
         self, image: torch.Tensor, raw: torch.Tensor, inpaint: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """The posterior's mean and log-variance at 1/4 resolution, and the skip features."""
+        """The latent's Gaussian given the scan (training's prior): mean and log-variance at 1/4
+        resolution; and the skip features."""
         keep = 1 - inpaint
         x = torch.cat([image * keep, inpaint, raw * keep], dim=1)
         f1 = F.leaky_relu(self.stem(x), 0.2)
@@ -130,26 +137,11 @@ class RestoreVAE(nn.Module):
         residual, raw_scale, damage = self.head(h).split([3, 1, 1], dim=1)
         return residual, LOG_SCALE_FLOOR + F.softplus(raw_scale - LOG_SCALE_FLOOR), damage
 
-    def forward_train(
-        self, image: torch.Tensor, raw: torch.Tensor, inpaint: torch.Tensor, epsilon: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Everything the training losses need, for a latent drawn with `epsilon`."""
-        mean, logvar, skips = self.encode(image, raw, inpaint)
-        z = mean + torch.exp(0.5 * logvar) * epsilon
-        residual, log_scale, damage = self.decode(z, skips)
-        return {
-            "restored": image * (1 - inpaint) + residual,
-            "log_scale": log_scale,
-            "damage_logit": damage,
-            "mean": mean,
-            "logvar": logvar,
-        }
-
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         """(N, 3 or 8, H, W) -> (N, 5, H, W): restored RGB, damage probability, uncertainty.
 
         Three planes (plain RGB, as a generic image-to-image caller passes) are both the
-        prefiltered and the raw scan, with no inpainting and the posterior mean."""
+        prefiltered and the raw scan, with no inpainting and the latent's mean."""
         image = planes[:, :3]
         if planes.shape[1] not in (3, IN_PLANES):
             raise ValueError(f"the network reads 3 or {IN_PLANES} planes, not {planes.shape[1]}")
@@ -168,9 +160,52 @@ class RestoreVAE(nn.Module):
         return torch.cat([restored, torch.sigmoid(damage), uncertainty], dim=1)
 
 
-def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(posterior || N(0, 1)), averaged over latent elements."""
-    return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+def gaussian_kl(
+    mean: torch.Tensor, logvar: torch.Tensor, prior_mean: torch.Tensor, prior_logvar: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(mean, var) || N(prior_mean, prior_var)) in nats, per latent element."""
+    return 0.5 * (
+        prior_logvar - logvar + (logvar.exp() + (mean - prior_mean).pow(2)) / prior_logvar.exp() - 1
+    )
+
+
+class Recognition(nn.Module):
+    """For training only: the posterior q(z | scan, clean photo), as a correction to the
+    network's conditional prior p(z | scan) (its `posterior` head, which inference samples).
+
+    The decoder learns to read the latent only if the latent knows something the skip features
+    do not; this network sees the clean photo, so q carries what the scan lost (what lies under a
+    scratch, detail under the grain), and the KL to p, which inference samples, keeps that
+    within what the scan makes plausible. Its last layer starts at zero: q starts as p."""
+
+    def __init__(self, width: int = 16, latent: int = 8) -> None:
+        super().__init__()
+        w1, w2, w4 = width, 2 * width, 4 * width
+        # the clean photo, then the planes `encode` reads
+        self.stem = nn.Conv2d(3 + STEM_INPUTS, w1, 3, padding=1)
+        self.down1 = nn.Conv2d(w1, w2, 4, stride=2, padding=1)
+        self.down2 = nn.Conv2d(w2, w4, 4, stride=2, padding=1)
+        self.block = ResBlock(w4)
+        self.head = nn.Conv2d(w4 + 2 * latent, 2 * latent, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(
+        self,
+        clean: torch.Tensor,
+        image: torch.Tensor,
+        raw: torch.Tensor,
+        inpaint: torch.Tensor,
+        prior_mean: torch.Tensor,
+        prior_logvar: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = 1 - inpaint
+        x = torch.cat([clean, image * keep, inpaint, raw * keep], dim=1)
+        f = F.leaky_relu(self.stem(x), 0.2)
+        f = F.leaky_relu(self.down1(f), 0.2)
+        f = self.block(F.leaky_relu(self.down2(f), 0.2))
+        mean, logvar = self.head(torch.cat([f, prior_mean, prior_logvar], dim=1)).chunk(2, dim=1)
+        return prior_mean + mean, (prior_logvar + logvar).clamp(-12, 6)
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> dict[str, float]:

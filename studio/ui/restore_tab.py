@@ -109,7 +109,7 @@ class RestoreTab(ToolTab):
         self.seed_spin, self.dice_button = self.seed_row.spin, self.seed_row.dice
         self.variations_spin = QSpinBox(minimum=1, maximum=MAX_VARIATIONS)
         self.variations_spin.setToolTip(
-            "Pictures to make: the best guess, then alternatives drawn from the VAE's posterior"
+            "Pictures to make: the best guess, then alternatives drawn from the VAE's latent"
         )
         self.format_combo, self.quality_spin = format_widgets(settings)
         self.run_button = QPushButton("Restore")
