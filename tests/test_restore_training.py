@@ -32,6 +32,7 @@ from studio.train.restore import (
     AgedPatches,
     Batch,
     BatchFeed,
+    Validation,
     _turned,
     decode_for_training,
     inpaint_mask,
@@ -402,3 +403,26 @@ def test_inpaint_masks_keep_the_damage_and_sometimes_paint_over_a_large_patch():
         eroded = cv2.erode(mask, np.ones((13, 13), np.uint8))  # strokes: at most 11 px wide
         widest.append(bool(eroded.any()))
     assert 0.08 < np.mean(widest) < 0.3  # a fifth have a hole (4 to 48 px across)
+
+
+def test_validation_scores_detection_only_where_the_engine_detects_and_spread_where_it_fills():
+    """The engine detects damage on a pass that inpaints nothing: crops that inpaint do not count
+    for the IoU (the head is not trained there). The spread is in 8-bit levels inside the mask."""
+    damage = torch.zeros((2, 1, 8, 8))
+    damage[:, :, 2, :] = 1
+    inpaint = torch.zeros((2, 1, 8, 8))
+    inpaint[1, :, 2:4, :] = 1  # crop 1 inpaints its damage
+    image = torch.full((2, 3, 8, 8), 0.5)
+    validation = Validation.__new__(Validation)
+    validation.batch = Batch(image, image, inpaint, image, damage)
+    validation.noise = torch.ones_like(inpaint)
+
+    class Answer(torch.nn.Module):  # sees damage only on crop 0; a sample moves 2 levels
+        def forward(self, planes: torch.Tensor) -> torch.Tensor:
+            found = damage * torch.tensor([1.0, 0.0]).view(2, 1, 1, 1)
+            shift = planes[:, 4:5] * 2 / 255
+            return torch.cat([planes[:, :3] + shift, found, torch.zeros_like(found)], dim=1)
+
+    _psnr, iou, spread = validation.measure(Answer())
+    assert iou == 1.0
+    assert spread == pytest.approx(2.0)

@@ -332,12 +332,14 @@ class Validation:
 
     @torch.no_grad()
     def measure(self, model: RestoreVAE) -> tuple[float, float, float]:
-        """PSNR (Y) of the restoration from the latent's mean, the damage head's IoU at 0.5, and
-        how far a sampled variation differs from it where it inpaints (mean, in 8-bit levels)."""
+        """PSNR (Y) of the restoration from the latent's mean, the damage head's IoU at 0.5 on the
+        crops that inpaint nothing (as the engine detects), and how far a sampled variation
+        differs from the mean where it inpaints (mean, in 8-bit levels)."""
         out = model(self._planes(torch.zeros_like(self.batch.inpaint)))
         psnr = psnr_y(out[:, :3].clamp(0, 1).cpu(), self.batch.target.cpu(), 4)
-        predicted = out[:, 3:4] > 0.5
-        truth = self.batch.damage > 0.5
+        seen = self.batch.inpaint.amax(dim=(1, 2, 3), keepdim=True) == 0
+        predicted = (out[:, 3:4] > 0.5) & seen
+        truth = (self.batch.damage > 0.5) & seen
         iou = float((predicted & truth).sum() / max(int((predicted | truth).sum()), 1))
         sampled = model(self._planes(self.noise))
         change = (sampled[:, :3] - out[:, :3]).abs().mean(dim=1, keepdim=True) * self.batch.inpaint
