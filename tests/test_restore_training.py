@@ -28,7 +28,11 @@ from studio.nn.restore_vae import (
 from studio.train.photos import VALIDATION_PHOTOS
 from studio.train.restore import (
     INPAINT_WEIGHT,
+    KL_BALANCE,
+    KL_WEIGHT,
+    MASK_WEIGHT,
     MSE_SCALE,
+    SCALE_WEIGHT,
     AgedPatches,
     Batch,
     BatchFeed,
@@ -352,43 +356,6 @@ def test_reviving_the_latent_gives_only_the_decoders_weights_on_it_a_fresh_scale
     assert after[:, : model.latent].abs().mean() > 0.5 * fresh_scale
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_sampled_variations_differ_where_the_scan_cannot_tell_what_was_there(seed):
-    """A square painted black or white at random, under an inpaint mask: samples must give both,
-    each often (a decoder that ignores its latent gives one; a collapsed latent nearly one)."""
-
-    def squares(generator: torch.Generator, n: int) -> Batch:
-        image = torch.rand((n, 3, 1, 1), generator=generator).expand(n, 3, 16, 16).clone()
-        inpaint = torch.zeros((n, 1, 16, 16))
-        inpaint[..., 4:12, 4:12] = 1
-        colour = (torch.rand((n, 1, 1, 1), generator=generator) > 0.5).float()
-        target = image * (1 - inpaint) + colour * inpaint
-        return Batch(image, image, inpaint, target, torch.zeros_like(inpaint))
-
-    torch.manual_seed(seed)
-    model = RestoreVAE(width=8, latent=4, blocks=1, fine=1)
-    recognition = Recognition(8, 4)
-    trained = [*model.parameters(), *recognition.parameters()]
-    optimiser = torch.optim.Adam(trained, 2e-3)
-    data, noise = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
-    for _ in range(800):
-        total = losses(model, recognition, squares(data, 8), noise)["total"]
-        optimiser.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        optimiser.step()
-
-    scan = squares(torch.Generator().manual_seed(99), 1)
-    fills = []
-    with torch.no_grad():
-        for k in range(16):
-            latent_noise = torch.randn((1, 1, 16, 16), generator=torch.Generator().manual_seed(k))
-            planes = torch.cat([scan.degraded, scan.inpaint, latent_noise, scan.raw], dim=1)
-            fills.append(float(model.eval()(planes)[:, :3, 4:12, 4:12].mean()))
-    dark, bright = sum(f < 0.3 for f in fills), sum(f > 0.7 for f in fills)
-    assert dark >= 3 and bright >= 3, fills
-
-
 def test_inpaint_masks_keep_the_damage_and_sometimes_paint_over_a_large_patch():
     damage = np.zeros((128, 128), np.float32)
     damage[60:62, 10:100] = 1  # a scratch
@@ -426,3 +393,52 @@ def test_validation_scores_detection_only_where_the_engine_detects_and_spread_wh
     _psnr, iou, spread = validation.measure(Answer())
     assert iou == 1.0
     assert spread == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_a_share_of_the_batch_decodes_the_latents_mean_as_picture_1_does(share):
+    model = network()
+    recognition = Recognition(model.width, model.latent)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand((2, 3, 16, 16), generator=generator)
+    inpaint = (torch.rand((2, 1, 16, 16), generator=generator) > 0.8).float()
+    batch = Batch(image, image, inpaint, torch.rand(image.shape, generator=generator), inpaint)
+
+    decoded = [
+        decode_for_training(model, recognition, batch, torch.randn((2, 4, 4, 4)), share)
+        for _ in range(2)
+    ]
+
+    planes = torch.cat([image, inpaint, torch.zeros_like(inpaint), image], dim=1)
+    picture_1 = model(planes)[:, :3]
+    first = round(2 * share)
+    assert torch.allclose(decoded[0]["restored"][:first], picture_1[:first], atol=1e-6)
+    if first < 2:  # the rest decode samples
+        assert not torch.allclose(decoded[0]["restored"][first:], decoded[1]["restored"][first:])
+    assert decoded[0]["kl_prior"].shape[0] == 2 - first
+    assert torch.isfinite(losses(model, recognition, batch, generator, mean_share=share)["total"])
+
+
+@pytest.mark.parametrize("kl_free", [0.0, 1e3])
+def test_the_posteriors_kl_is_free_up_to_its_allowance_and_the_priors_never(kl_free):
+    model = network()
+    recognition = Recognition(model.width, model.latent)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        recognition.head.weight.normal_(0, 0.1, generator=generator)
+    image = torch.rand((2, 3, 16, 16), generator=generator)
+    inpaint = torch.zeros((2, 1, 16, 16))
+    batch = Batch(image, image, inpaint, torch.rand(image.shape, generator=generator), inpaint)
+
+    parts = losses(model, recognition, batch, torch.Generator().manual_seed(1), kl_free=kl_free)
+    epsilon = torch.randn((2, 4, 4, 4), generator=torch.Generator().manual_seed(1))
+    out = decode_for_training(model, recognition, batch, epsilon)  # the sample `losses` drew
+    kl = out["kl_prior"].mean()
+    allowance = max(float(kl.detach()), kl_free)
+    expected = (
+        parts["l1"]
+        + SCALE_WEIGHT * parts["nll"]
+        + MASK_WEIGHT * parts["bce"]
+        + KL_WEIGHT * (KL_BALANCE * allowance + (1 - KL_BALANCE) * kl)
+    )
+    assert torch.allclose(parts["total"], expected)
