@@ -29,10 +29,7 @@ from studio.train.photos import VALIDATION_PHOTOS
 from studio.train.restore import (
     INPAINT_WEIGHT,
     KL_BALANCE,
-    KL_WEIGHT,
-    MASK_WEIGHT,
     MSE_SCALE,
-    SCALE_WEIGHT,
     AgedPatches,
     Batch,
     BatchFeed,
@@ -400,6 +397,8 @@ def test_a_share_of_the_batch_decodes_the_latents_mean_as_picture_1_does(share):
     model = network()
     recognition = Recognition(model.width, model.latent)
     generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        recognition.head.weight.normal_(0, 0.1, generator=generator)  # q no longer equals p
     image = torch.rand((2, 3, 16, 16), generator=generator)
     inpaint = (torch.rand((2, 1, 16, 16), generator=generator) > 0.8).float()
     batch = Batch(image, image, inpaint, torch.rand(image.shape, generator=generator), inpaint)
@@ -430,15 +429,39 @@ def test_the_posteriors_kl_is_free_up_to_its_allowance_and_the_priors_never(kl_f
     inpaint = torch.zeros((2, 1, 16, 16))
     batch = Batch(image, image, inpaint, torch.rand(image.shape, generator=generator), inpaint)
 
-    parts = losses(model, recognition, batch, torch.Generator().manual_seed(1), kl_free=kl_free)
+    def total(kl_weight: float) -> torch.Tensor:
+        noise = torch.Generator().manual_seed(1)
+        return losses(model, recognition, batch, noise, kl_weight=kl_weight, kl_free=kl_free)
+
+    parts = total(1.0)
+    kl_only = parts["total"] - total(0.0)["total"]  # the same sample: the KL term alone
+    kl = parts["kl"]
+    expected = KL_BALANCE * max(float(kl.detach()), kl_free) + (1 - KL_BALANCE) * kl
+    assert torch.allclose(kl_only, expected, atol=1e-6)
+
+    model.zero_grad()
+    recognition.zero_grad()
+    kl_only.backward()
+    grad = recognition.head.weight.grad
+    moves_posterior = grad is not None and bool(grad.any())
+    assert model.posterior.weight.grad.any()  # the prior always follows
+    assert moves_posterior == (kl_free == 0.0)  # within the allowance, the posterior is free
+
+
+def test_the_damage_head_is_not_taught_where_it_inpaints():
+    model = network()
+    recognition = Recognition(model.width, model.latent)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand((2, 3, 16, 16), generator=generator)
+    damage = (torch.rand((2, 1, 16, 16), generator=generator) > 0.7).float()
+    inpaint = torch.zeros_like(damage)
+    inpaint[0] = damage[0]  # crop 0 inpaints its damage: the head cannot see it there
+    batch = Batch(image, image, inpaint, image, damage)
+
+    parts = losses(model, recognition, batch, torch.Generator().manual_seed(1))
     epsilon = torch.randn((2, 4, 4, 4), generator=torch.Generator().manual_seed(1))
-    out = decode_for_training(model, recognition, batch, epsilon)  # the sample `losses` drew
-    kl = out["kl_prior"].mean()
-    allowance = max(float(kl.detach()), kl_free)
-    expected = (
-        parts["l1"]
-        + SCALE_WEIGHT * parts["nll"]
-        + MASK_WEIGHT * parts["bce"]
-        + KL_WEIGHT * (KL_BALANCE * allowance + (1 - KL_BALANCE) * kl)
+    logit = decode_for_training(model, recognition, batch, epsilon)["damage_logit"]
+    per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(
+        logit, damage, pos_weight=torch.tensor(4.0), reduction="none"
     )
-    assert torch.allclose(parts["total"], expected)
+    assert torch.allclose(parts["bce"], (per_pixel * (1 - inpaint)).mean())

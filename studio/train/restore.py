@@ -157,7 +157,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="pixel loss; mse for a last phase when PSNR is what counts",
     )
     parser.add_argument(
-        "--kl-weight", type=float, default=KL_WEIGHT, help="weight of the KL above --kl-free"
+        "--kl-weight",
+        type=float,
+        default=KL_WEIGHT,
+        help="weight of the KL (the posterior's part only above --kl-free)",
     )
     parser.add_argument(
         "--kl-free",
@@ -173,8 +176,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0.0,
         metavar="F",
         help="share of each batch decoded from the latent's mean, as picture 1 is: trains the "
-        "best single answer directly, at the cost of the variations (on a toy task, 0.5 made "
-        "their collapse more likely)",
+        "best single answer directly (its effect on the variations is unmeasured)",
     )
     parser.add_argument(
         "--revive-latent",
@@ -283,7 +285,7 @@ def decode_for_training(
     the posterior) and with the posterior held fixed (to train the prior). The first `mean_share`
     of the batch decodes the prior's mean instead, as picture 1 does (no KL there)."""
     prior_mean, prior_logvar, skips = model.encode(batch.degraded, batch.raw, batch.inpaint)
-    first = round(mean_share * batch.degraded.shape[0])
+    first = int(mean_share * batch.degraded.shape[0])
     mean, logvar = recognition(
         batch.target[first:],
         batch.degraded[first:],
@@ -331,12 +333,14 @@ def losses(
         weight=1 - batch.inpaint,
         pos_weight=torch.tensor(MASK_POS_WEIGHT, device=batch.damage.device),
     )
-    # (sums over an empty batch, when all of it decoded the mean, are 0)
+    # Per latent element of the sampled items (0 when all of the batch decoded the mean), then
+    # weighed by their share, as the pixel loss weighs them.
     elements = max(out["kl_prior"].numel(), 1)
     kl_posterior, kl_prior = out["kl_posterior"].sum() / elements, out["kl_prior"].sum() / elements
+    sampled = out["kl_prior"].shape[0] / n
     # Free below `kl_free`: the latent may carry that much. Balanced (as in DreamerV2): the prior
     # always moves towards the posterior, so that what inference samples is what the decoder read.
-    kl = KL_BALANCE * kl_posterior.clamp(min=kl_free) + (1 - KL_BALANCE) * kl_prior
+    kl = sampled * (KL_BALANCE * kl_posterior.clamp(min=kl_free) + (1 - KL_BALANCE) * kl_prior)
     total = pixel + SCALE_WEIGHT * scale_nll + MASK_WEIGHT * bce + kl_weight * kl
     return {pixel_loss: pixel, "nll": scale_nll, "bce": bce, "kl": kl_prior, "total": total}
 
