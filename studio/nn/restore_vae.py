@@ -9,9 +9,10 @@ pixel) and a damage probability (scratches, dust, creases) from the same feature
 
 Trained as a conditional VAE (Sohn et al., NeurIPS 2015): in training the latent is drawn from a
 recognition network that also sees the clean photo (`Recognition`, not part of the shipped
-weights), and the encoder's Gaussian is pulled towards it as the prior given the scan alone. The
-decoder thus learns to read the latent, and the samples inference draws from the encoder's
-Gaussian are alternative restorations, not noise it ignores.
+weights), and the encoder's Gaussian is pulled towards it as the prior given the scan alone, so
+that the decoder learns to read the latent and the samples inference draws are alternative
+restorations. (The shipped weights predate this: their latent collapsed to N(0, 1) and their
+variations barely differ; see the model card.)
 
 Inputs are eight planes, so that one tile of the picture carries everything its pixels depend on
 and a tiled run equals an untiled one:
