@@ -57,6 +57,22 @@ def network(fine: int = 1, seed: int = 0) -> RestoreVAE:
     return model
 
 
+def with_posterior(model: RestoreVAE, generator: torch.Generator) -> Recognition:
+    """A recognition network for `model` whose posterior no longer equals the prior."""
+    recognition = Recognition(model.width, model.latent)
+    with torch.no_grad():
+        recognition.head.weight.normal_(0, 0.1, generator=generator)
+    return recognition
+
+
+def random_batch(generator: torch.Generator, inpainting: bool = True) -> Batch:
+    """Two 16 px crops, the raw scan equal to the prefiltered one, damage where it inpaints."""
+    image = torch.rand((2, 3, 16, 16), generator=generator)
+    inpaint = (torch.rand((2, 1, 16, 16), generator=generator) > 0.8).float() * inpainting
+    target = torch.rand(image.shape, generator=generator)
+    return Batch(image, image, inpaint, target, inpaint)
+
+
 def planes(seed: int, size: int = 32) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     image = torch.rand((1, 3, size, size), generator=generator)
@@ -237,11 +253,8 @@ def test_asking_to_train_on_a_gpu_this_machine_lacks_is_a_clear_error(photo_fold
 
 def test_the_pixel_loss_is_l1_or_scaled_squared_error_weighted_up_inside_the_inpaint_mask():
     model = network()
-    generator = torch.Generator().manual_seed(0)
-    image = torch.rand((2, 3, 16, 16), generator=generator)
-    inpaint = (torch.rand((2, 1, 16, 16), generator=generator) > 0.8).float()
-    target = torch.rand((2, 3, 16, 16), generator=generator)
-    batch = Batch(image, image, inpaint, target, inpaint)
+    batch = random_batch(torch.Generator().manual_seed(0))
+    inpaint, target = batch.inpaint, batch.target
 
     recognition = Recognition(model.width, model.latent)
     l1 = losses(model, recognition, batch, torch.Generator().manual_seed(1), "l1")
@@ -308,14 +321,10 @@ def test_the_recognition_network_starts_as_the_prior_and_the_kl_is_that_of_two_g
 
 def test_training_decodes_a_posterior_sample_and_each_kl_trains_one_side():
     model = network()
-    recognition = Recognition(model.width, model.latent)
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        recognition.head.weight.normal_(0, 0.1, generator=generator)  # q no longer equals p
-    image = torch.rand((2, 3, 16, 16), generator=generator)
-    inpaint = (torch.rand((2, 1, 16, 16), generator=generator) > 0.8).float()
-    target = torch.rand(image.shape, generator=generator)
-    batch = Batch(image, image, inpaint, target, inpaint)
+    recognition = with_posterior(model, generator)
+    batch = random_batch(generator)
+    image, inpaint, target = batch.degraded, batch.inpaint, batch.target
     epsilon = torch.randn((2, 4, 4, 4), generator=generator)
 
     out = decode_for_training(model, recognition, batch, epsilon)
@@ -395,13 +404,10 @@ def test_validation_scores_detection_only_where_the_engine_detects_and_spread_wh
 @pytest.mark.parametrize("share", [0.5, 1.0])
 def test_a_share_of_the_batch_decodes_the_latents_mean_as_picture_1_does(share):
     model = network()
-    recognition = Recognition(model.width, model.latent)
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        recognition.head.weight.normal_(0, 0.1, generator=generator)  # q no longer equals p
-    image = torch.rand((2, 3, 16, 16), generator=generator)
-    inpaint = (torch.rand((2, 1, 16, 16), generator=generator) > 0.8).float()
-    batch = Batch(image, image, inpaint, torch.rand(image.shape, generator=generator), inpaint)
+    recognition = with_posterior(model, generator)
+    batch = random_batch(generator)
+    image, inpaint = batch.degraded, batch.inpaint
 
     decoded = [
         decode_for_training(model, recognition, batch, torch.randn((2, 4, 4, 4)), share)
@@ -421,13 +427,9 @@ def test_a_share_of_the_batch_decodes_the_latents_mean_as_picture_1_does(share):
 @pytest.mark.parametrize("kl_free", [0.0, 1e3])
 def test_the_posteriors_kl_is_free_up_to_its_allowance_and_the_priors_never(kl_free):
     model = network()
-    recognition = Recognition(model.width, model.latent)
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        recognition.head.weight.normal_(0, 0.1, generator=generator)
-    image = torch.rand((2, 3, 16, 16), generator=generator)
-    inpaint = torch.zeros((2, 1, 16, 16))
-    batch = Batch(image, image, inpaint, torch.rand(image.shape, generator=generator), inpaint)
+    recognition = with_posterior(model, generator)
+    batch = random_batch(generator, inpainting=False)
 
     def total(kl_weight: float) -> torch.Tensor:
         noise = torch.Generator().manual_seed(1)
