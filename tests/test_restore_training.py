@@ -29,6 +29,7 @@ from studio.train.photos import VALIDATION_PHOTOS
 from studio.train.restore import (
     INPAINT_WEIGHT,
     KL_BALANCE,
+    LARGEST_HOLE,
     MSE_SCALE,
     AgedPatches,
     Batch,
@@ -215,7 +216,7 @@ def test_a_failing_worker_stops_the_run_with_its_error_instead_of_hanging(photos
 
 @pytest.fixture
 def photo_folder(tmp_path) -> Path:
-    """Two training photos and the two validation photos, by name."""
+    """Two training photos and the validation photos, by name."""
     folder = tmp_path / "photos"
     folder.mkdir()
     names = ["a.png", "b.png", *VALIDATION_PHOTOS]
@@ -249,6 +250,21 @@ def test_asking_to_train_on_a_gpu_this_machine_lacks_is_a_clear_error(photo_fold
     argv += ["--threads", "1"]  # main sets torch's threads, for the tests after this one too
     with pytest.raises(DeviceError, match="CUDA"):
         main([*argv, "--device", "cuda", "--workers", "0"])
+
+
+def test_a_share_outside_0_to_1_or_a_budget_too_short_for_one_step_is_a_clear_error(
+    photo_folder, tmp_path, capsys
+):
+    out = tmp_path / "vae.safetensors"
+    argv = ["--data", str(photo_folder), "--out", str(out), "--workers", "0", "--threads", "1"]
+    argv += ["--width", "8", "--latent", "4", "--blocks", "1", "--fine", "1", "--patch", "32"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--steps", "1", "--mean-share", "1.5"])
+    assert "--mean-share is a share of the batch, 0 to 1" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit, match="no step finished within --minutes"):
+        main([*argv, "--minutes", "1e-6", "--eval-every", "0"])
+    assert not out.exists()
 
 
 def test_the_pixel_loss_is_l1_or_scaled_squared_error_weighted_up_inside_the_inpaint_mask():
@@ -376,6 +392,9 @@ def test_inpaint_masks_keep_the_damage_and_sometimes_paint_over_a_large_patch():
         eroded = cv2.erode(mask, np.ones((13, 13), np.uint8))  # strokes: at most 11 px wide
         widest.append(bool(eroded.any()))
     assert 0.08 < np.mean(widest) < 0.3  # a fifth have a hole (4 to 48 px across)
+    # The widest disc inside any mask: a hole's, up to LARGEST_HOLE across, never wider.
+    radii = [cv2.distanceTransform(m.astype(np.uint8), cv2.DIST_L2, 5).max() for m in masks]
+    assert LARGEST_HOLE / 3 < max(radii) <= LARGEST_HOLE / 2 + 1
 
 
 def test_validation_scores_detection_only_where_the_engine_detects_and_spread_where_it_fills():
