@@ -5,6 +5,7 @@ import random
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -89,3 +90,25 @@ def test_the_shipped_restorer_cleans_grain_and_scratches_on_a_held_out_photo(tmp
     found = result.damage_mask
     assert (found & truth).sum() / truth.sum() > 0.5  # most of the damage is found...
     assert found.mean() < 4 * truth.mean()  # ...a mask of the damage, not the whole picture
+
+
+def test_the_shipped_restorers_variations_differ_most_where_it_paints_a_large_patch(tmp_path):
+    """A person painting over a stain asks for alternatives: the latent must decide there."""
+    disc = np.zeros((128, 128), np.uint8)
+    cv2.circle(disc, (64, 64), 20, 255, -1)  # 41 px across, wider than any scratch
+    mask_path = tmp_path / "stain.png"
+    Image.fromarray(disc).save(mask_path)
+    request = RestoreRequest(
+        str(SAMPLE),
+        fix_scratches=True,
+        mask_path=str(mask_path),
+        variations=3,
+        seed=5,
+        device="cpu",
+    )
+    pictures = [p.pixels[..., :3] * 255 for p in run(request).pictures]
+    inside = disc > 0
+    for picture in pictures[1:]:
+        difference = np.abs(picture - pictures[0]).mean(axis=2)
+        assert difference[inside].mean() > 1.0  # levels: visibly another fill
+        assert difference[inside].mean() > 3 * difference[~inside].mean()

@@ -11,8 +11,8 @@ Trained as a conditional VAE (Sohn et al., NeurIPS 2015): in training the latent
 recognition network that also sees the clean photo (`Recognition`, not part of the shipped
 weights), and the encoder's Gaussian is pulled towards it as the prior given the scan alone, so
 that the decoder learns to read the latent and the samples inference draws are alternative
-restorations. (The shipped weights predate this: their latent collapsed to N(0, 1) and their
-variations barely differ; see the model card.)
+restorations. (The shipped weights learnt this late, in two short CPU runs, so their latent
+carries little: variations differ most where the decoder paints; see the model card.)
 
 Inputs are eight planes, so that one tile of the picture carries everything its pixels depend on
 and a tiled run equals an untiled one:
