@@ -102,13 +102,13 @@ def test_the_shipped_restorers_variations_differ_most_where_it_paints_a_large_pa
         str(SAMPLE),
         fix_scratches=True,
         mask_path=str(mask_path),
-        variations=3,
+        variations=8,
         seed=5,
         device="cpu",
     )
     pictures = [p.pixels[..., :3] * 255 for p in run(request).pictures]
+    # One sample can land near the mean; seven on average cannot (a collapsed latent: 0.3).
+    difference = np.mean([np.abs(p - pictures[0]).mean(axis=2) for p in pictures[1:]], axis=0)
     inside = disc > 0
-    for picture in pictures[1:]:
-        difference = np.abs(picture - pictures[0]).mean(axis=2)
-        assert difference[inside].mean() > 1.0  # levels: visibly another fill
-        assert difference[inside].mean() > 3 * difference[~inside].mean()
+    assert difference[inside].mean() > 1.0  # levels: visibly other fills
+    assert difference[inside].mean() > 3 * difference[~inside].mean()

@@ -250,10 +250,16 @@ def inpaint_mask(aged: DamagedPhoto, rng: random.Random) -> np.ndarray:
             end = (rng.randrange(width), rng.randrange(height))
             cv2.line(mask, start, end, 1.0, rng.randint(3, 11))
     if rng.random() < 0.2:
-        centre = (rng.randrange(width), rng.randrange(height))
-        axes = (rng.randint(4, LARGEST_HOLE // 2), rng.randint(4, LARGEST_HOLE // 2))
-        cv2.ellipse(mask, centre, axes, rng.uniform(0, 180), 0, 360, 1.0, -1)
+        paint_hole(mask, rng)
     return mask
+
+
+def paint_hole(mask: np.ndarray, rng: random.Random) -> None:
+    """Paint a filled ellipse 8 to LARGEST_HOLE px across, turned at random, into `mask`."""
+    height, width = mask.shape
+    centre = (rng.randrange(width), rng.randrange(height))
+    axes = (rng.randint(4, LARGEST_HOLE // 2), rng.randint(4, LARGEST_HOLE // 2))
+    cv2.ellipse(mask, centre, axes, rng.uniform(0, 180), 0, 360, 1.0, -1)
 
 
 def _sample(
