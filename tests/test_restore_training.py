@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from studio.models.device import DeviceError
 from studio.models.upscalers import inspect_model
@@ -34,6 +35,7 @@ from studio.train.restore import (
     AgedPatches,
     Batch,
     BatchFeed,
+    Trainer,
     Validation,
     _turned,
     decode_for_training,
@@ -42,6 +44,7 @@ from studio.train.restore import (
     main,
     make_batch,
     paint_hole,
+    parse_args,
     revive_latent,
     share_stem,
 )
@@ -242,6 +245,27 @@ def test_a_short_run_saves_a_restorer_the_app_accepts(photo_folder, tmp_path, pr
         metadata = handle.metadata()
     assert metadata["run_steps"] == "3" and 1 <= int(metadata["steps"]) <= 3  # never the start
     assert json.loads(metadata["training_photos"]) == ["a.png", "b.png"]
+
+
+def test_a_resumed_run_goes_on_with_the_recognition_network_saved_beside_the_weights(
+    photo_folder, tmp_path
+):
+    out = tmp_path / "vae.safetensors"
+    argv = ["--data", str(photo_folder), "--eval-every", "0", "--device", "cpu", "--seed", "3"]
+    argv += ["--width", "8", "--latent", "4", "--blocks", "1", "--fine", "1"]
+    argv += ["--patch", "32", "--batch", "2", "--workers", "0", "--threads", "1"]
+    assert main([*argv, "--out", str(out), "--steps", "3"]) == 0
+    saved = load_file(str(tmp_path / "vae.recognition.safetensors"))
+    assert saved["head.weight"].abs().sum() > 0  # it learnt: q is no longer p
+
+    more = [*argv, "--out", str(tmp_path / "more.safetensors"), "--steps", "1"]
+    resumed = Trainer(parse_args([*more, "--resume", str(out)]))
+    for name, value in resumed.recognition.state_dict().items():
+        torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
+
+    (tmp_path / "vae.recognition.safetensors").unlink()
+    afresh = Trainer(parse_args([*more, "--resume", str(out)]))
+    assert not afresh.recognition.head.weight.any()  # none beside: q starts as p again
 
 
 def test_asking_to_train_on_a_gpu_this_machine_lacks_is_a_clear_error(photo_folder, tmp_path):

@@ -25,12 +25,14 @@ mean where it inpaints); the weights with the best PSNR are kept, or with `--kee
 never the ones it started from. Seeded throughout; on the CPU, `--steps` with at most one worker
 and no `--replay` repeats exactly (GPU kernels need not); `--minutes` sets the schedule by the
 clock.
-`--resume FILE` continues from saved weights (the recognition network starts afresh, as the
-posterior equal to the prior); `--init FILE` starts a network of another shape
-from them where they fit (new inputs and blocks start as no-ops). Batches are aged in
-`--workers` background processes. The non-local-means prefilter is most of the ageing's cost
-(ten times the rest): on a CUDA GPU the trainer runs it there (`studio.nn.nlm`, level for level
-OpenCV's), so the workers only age; `--replay` keeps the GPU busy if they still fall behind.
+`--resume FILE` continues from saved weights, and from the recognition network saved beside
+them (`NAME.recognition.safetensors` beside `NAME.safetensors`; where there is none it starts
+afresh, the posterior equal to the prior, and the variations shrink until it has learnt again);
+`--init FILE` starts a network of another shape from them where they fit (new inputs and blocks
+start as no-ops). Batches are aged in `--workers` background processes. The non-local-means
+prefilter is most of the ageing's cost (ten times the rest): on a CUDA GPU the trainer runs it
+there (`studio.nn.nlm`, level for level OpenCV's), so the workers only age; `--replay` keeps the
+GPU busy if they still fall behind.
 `--device` picks CUDA, then Apple MPS, then the CPU. Weights are saved as fp32 safetensors with
 the facts in metadata.
 """
@@ -438,13 +440,18 @@ class Trainer:
             args.seed,
             self.device,
         )
-        # Training only, started afresh on every run: its last layer is zero, so q starts as p.
-        self.recognition = Recognition(self.model.width, self.model.latent).to(self.device)
+        # Training only: its last layer starts at zero, so a fresh one starts as q = p.
+        self.recognition = Recognition(self.model.width, self.model.latent)
+        beside = recognition_path(args.resume) if args.resume else None
+        if beside is not None and beside.is_file():
+            self.recognition.load_state_dict(load_file(str(beside)))
+            log(f"recognition network from {beside}")
+        self.recognition.to(self.device)
         self.trained = [*self.model.parameters(), *self.recognition.parameters()]
         self.average = copy.deepcopy(self.model).requires_grad_(False)
         self.optimiser = torch.optim.Adam(self.trained, args.lr, betas=(0.9, 0.99))
         self.step = 0
-        self.best: tuple[dict[str, torch.Tensor], int, float, float] | None = None
+        self.best: Kept | None = None
         self.started = time.perf_counter()
 
     def fraction(self) -> float:
@@ -502,11 +509,12 @@ class Trainer:
     def evaluate(self, prefix: str = "start") -> None:
         psnr, iou, spread = self.validation.measure(self.average.eval())
         kept = self.step > 0 and (
-            self.best is None or psnr > self.best[2] or self.args.keep == "last"
+            self.best is None or psnr > self.best.psnr or self.args.keep == "last"
         )
         if kept:
-            state = {k: v.detach().cpu().clone() for k, v in self.average.state_dict().items()}
-            self.best = (state, self.step, psnr, iou)
+            self.best = Kept(
+                _cpu_copy(self.average), _cpu_copy(self.recognition), self.step, psnr, iou
+            )
             self.save(self.args.out, quiet=True)  # a run stopped early still leaves its best
         log(
             f"{prefix} | val PSNR {psnr:.3f} damage IoU {iou:.3f}, a variation differs by "
@@ -515,7 +523,7 @@ class Trainer:
 
     def save(self, out: Path, *, quiet: bool = False) -> None:
         assert self.best is not None
-        state, step, psnr, iou = self.best
+        step, psnr, iou = self.best.step, self.best.psnr, self.best.iou
         metadata = {
             "architecture": ARCHITECTURE_ID,
             "config": json.dumps(self.model.config()),
@@ -531,9 +539,31 @@ class Trainer:
             "command": " ".join(["python -m studio.train.restore", *sys.argv[1:]]),
         }
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=metadata)
+        save_file(self.best.state, str(out), metadata=metadata)
+        # What a --resume needs to go on drawing informative latents; never shipped.
+        save_file(self.best.recognition, str(recognition_path(out)))
         if not quiet:
             log(f"saved step {step} (val PSNR {psnr:.3f}, damage IoU {iou:.3f}) to {out}")
+
+
+@dataclass
+class Kept:
+    """The evaluated weights a run saves: the averaged network's, the recognition network's."""
+
+    state: dict[str, torch.Tensor]
+    recognition: dict[str, torch.Tensor]
+    step: int
+    psnr: float
+    iou: float
+
+
+def _cpu_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def recognition_path(weights: Path) -> Path:
+    """Where the training-only recognition network is kept beside `weights`."""
+    return weights.with_name(f"{weights.stem}.recognition.safetensors")
 
 
 class AgedPatches:
