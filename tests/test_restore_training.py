@@ -231,13 +231,16 @@ def photo_folder(tmp_path) -> Path:
     return folder
 
 
+# A network and a feed small enough for a run of a few steps in a test, on one thread.
+TINY_RUN = ["--width", "8", "--latent", "4", "--blocks", "1", "--fine", "1", "--patch", "32"]
+TINY_RUN += ["--batch", "2", "--workers", "0", "--threads", "1"]
+
+
 @pytest.mark.parametrize("prefilter_on", ["auto", "device"])
 def test_a_short_run_saves_a_restorer_the_app_accepts(photo_folder, tmp_path, prefilter_on):
     out = tmp_path / "vae.safetensors"
-    small = ["--width", "8", "--latent", "4", "--blocks", "1", "--fine", "1"]
-    feed = ["--patch", "32", "--batch", "2", "--workers", "0", "--threads", "1"]
     argv = ["--data", str(photo_folder), "--out", str(out), "--steps", "3", "--eval-every", "0"]
-    assert main([*argv, *small, *feed, "--device", "cpu", "--prefilter-on", prefilter_on]) == 0
+    assert main([*argv, *TINY_RUN, "--device", "cpu", "--prefilter-on", prefilter_on]) == 0
 
     info = inspect_model(out)
     assert info.purpose == "restore" and info.architecture == "StudioRestoreVAE"
@@ -252,8 +255,7 @@ def test_a_resumed_run_goes_on_with_the_recognition_network_saved_beside_the_wei
 ):
     out = tmp_path / "vae.safetensors"
     argv = ["--data", str(photo_folder), "--eval-every", "0", "--device", "cpu", "--seed", "3"]
-    argv += ["--width", "8", "--latent", "4", "--blocks", "1", "--fine", "1"]
-    argv += ["--patch", "32", "--batch", "2", "--workers", "0", "--threads", "1"]
+    argv += TINY_RUN
     assert main([*argv, "--out", str(out), "--steps", "3"]) == 0
     saved = load_file(str(tmp_path / "vae.recognition.safetensors"))
     assert saved["head.weight"].abs().sum() > 0  # it learnt: q is no longer p
@@ -281,8 +283,7 @@ def test_a_share_outside_0_to_1_or_a_budget_too_short_for_one_step_is_a_clear_er
     photo_folder, tmp_path, capsys
 ):
     out = tmp_path / "vae.safetensors"
-    argv = ["--data", str(photo_folder), "--out", str(out), "--workers", "0", "--threads", "1"]
-    argv += ["--width", "8", "--latent", "4", "--blocks", "1", "--fine", "1", "--patch", "32"]
+    argv = ["--data", str(photo_folder), "--out", str(out), *TINY_RUN]
     with pytest.raises(SystemExit):
         main([*argv, "--steps", "1", "--mean-share", "1.5"])
     assert "--mean-share is a share of the batch, 0 to 1" in capsys.readouterr().err
