@@ -408,7 +408,7 @@ def test_inpaint_masks_keep_the_damage_and_sometimes_paint_over_a_large_patch():
     damage = np.zeros((128, 128), np.float32)
     damage[60:62, 10:100] = 1  # a scratch
     flat = np.zeros((128, 128, 3), np.float32)
-    aged = DamagedPhoto(flat, flat, flat, flat, damage)
+    aged = DamagedPhoto(flat, flat, flat, flat, damage, np.ones_like(damage))
     rng = random.Random(0)
     masks = [inpaint_mask(aged, rng) for _ in range(200)]
 

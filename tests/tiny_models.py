@@ -92,12 +92,14 @@ def make_restore_vae(
     texture: float = 0.05,
     prefilter: float = 0.0,
     fine: int = 1,
+    paper: int = 0,
 ) -> Path:
     """Save a tiny random-weight restoration VAE, as `studio.train.restore` saves the real one.
 
     The residual spreads by `texture`; the latent is made to matter (variations differ) and the
-    damage head is biased towards "no damage", as a trained one mostly says."""
-    from studio.nn.restore_vae import RestoreVAE
+    damage head is biased towards "no damage", as a trained one mostly says. A paper branch
+    (`paper` features) gets a head that varies its gain by a few percent over the picture."""
+    from studio.nn.restore_vae import PaperField, RestoreVAE
 
     torch.manual_seed(seed)
     model = RestoreVAE(width, latent, blocks, prefilter, fine).eval()
@@ -110,6 +112,9 @@ def make_restore_vae(
     _calibrate(model, model.head, channels=8, target=texture, seed=seed, planes=3)
     with torch.no_grad():
         model.head.bias[4] = -3.0
+        if paper:  # added last: the same seed gives the same VAE with or without it
+            model.paper = PaperField(paper).eval()
+            model.paper.head.weight.normal_(0, 0.05)
     return _save(path, model.state_dict(), params_ema=False)
 
 

@@ -5,7 +5,8 @@ goes through the network tile by tile, twice when scratches are fixed:
 
 1. *Restore*: nothing inpainted. The photo comes back denoised, deblurred and free of JPEG
    artefacts with its damage kept, plus the damage head's scratch/dust probability and the
-   decoder's per-pixel uncertainty.
+   decoder's per-pixel uncertainty. Before the tiles, a file with a paper branch estimates the
+   print's uneven paper and blotchy fading from the whole picture, and the scan is divided by it.
 2. *Fill*: the damage mask (the user's, or the detected one, grown by `DAMAGE_GROW` px) is painted
    anew by the decoder from the surroundings. Outside the mask the result is pass 1's pixels, so
    editing the mask changes exactly the pixels whose mask changed.
@@ -463,10 +464,24 @@ class _VAEPasses:
         def planes(pixels: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
 
-        self.rgb = planes(prefilter(rgb, float(self.net.prefilter_strength)))
-        self.raw = planes(rgb)
+        flat = self._flattened(rgb)
+        self.rgb = planes(prefilter(flat, float(self.net.prefilter_strength)))
+        self.raw = planes(flat)
         self.tile = tile
         self.cancelled = cancelled
+
+    def _flattened(self, rgb: np.ndarray) -> np.ndarray:
+        """The scan divided by the paper branch's gain, estimated from the whole picture before
+        tiling (so tiles do not change it); the scan itself where the file has no branch."""
+        import torch
+
+        if self.net.paper is None:
+            return rgb
+        whole = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
+        with torch.inference_mode():
+            gain = self.net.paper_gain(whole.to(device=self.model.device, dtype=self.model.dtype))
+        gain = gain[0, 0].float().cpu().numpy()
+        return np.clip(rgb / gain[..., None], 0, 1).astype(np.float32)
 
     def run(self, fill: np.ndarray | None, noise: np.ndarray | None, progress: Progress):
         """(H, W, 5): RGB, damage probability, uncertainty. Tiles with nothing to fill are

@@ -33,7 +33,8 @@ class RestoreVAEArchitecture(Architecture[RestoreVAE]):
             state_dict,
             architecture=self,
             purpose="Restoration",
-            tags=[f"{config['width']}w", f"{config['latent']}z", f"{config['blocks']}b"],
+            tags=[f"{config['width']}w", f"{config['latent']}z", f"{config['blocks']}b"]
+            + ([f"{config['paper']}p"] if config["paper"] else []),
             supports_half=True,
             supports_bfloat16=True,
             scale=1,

@@ -29,6 +29,12 @@ and a tiled run equals an untiled one:
 Outputs are five planes: the restored RGB, the damage probability and the uncertainty (the
 standard deviation of the Laplace likelihood, in [0, 1] units). Fully convolutional; height and
 width must be multiples of 4.
+
+A file may also hold a *paper branch* (`PaperField`, keys `paper.*`): the one part that sees the
+whole picture. A print's uneven paper and blotchy fading are smooth over tens of pixels, wider
+than a tile's reach and too faint to tell from the photo's own shading in a small window, so the
+branch reads the whole picture at a quarter of its size and estimates that blotching as a gain on
+the print; the scan is divided by it before the prefilter and the tiles.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ OUT_PLANES = 5  # RGB, damage probability, uncertainty
 MULTIPLE_OF = 4
 LOG_SCALE_FLOOR = -6.0  # a smooth lower bound on the Laplace log-scale (0.6 levels): keeps the
 # likelihood from exploding on the pixels the network is wrongly sure of
-# Config keys stored beside the weights, so that a file describes the network it builds.
-CONFIG_KEYS = ("width", "latent", "blocks", "fine")
+PAPER_SCALE = 4  # the paper branch reads the picture at 1/4 of its size
+PAPER_MULTIPLE = 4 * PAPER_SCALE  # its two stride-2 steps need multiples of 4 at that size
+PAPER_LOG_LIMIT = 0.5  # the branch's gain stays within exp(+-0.5): it flattens, it cannot repaint
 
 
 class ResBlock(nn.Module):
@@ -63,9 +70,56 @@ class ResBlock(nn.Module):
         return x + self.conv2(F.leaky_relu(self.conv1(x), 0.2))
 
 
+class PaperField(nn.Module):
+    """The print's paper texture and blotchy fading, estimated from the whole picture.
+
+    A small U-Net at 1/4, 1/8 and 1/16 of the picture's size (it reaches a few hundred pixels of
+    the full picture) reads RGB and log RGB (where a multiplicative blotch is added alike to all
+    three channels, unlike most of the photo's own shading) and returns the log of a gain on the
+    print, one plane at 1/4 size. Its head starts at zero: a new branch changes nothing."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        w1, w2, w3 = width, 2 * width, 3 * width
+        self.width = width
+        self.stem = nn.Conv2d(6, w1, 3, padding=1)
+        self.block0 = ResBlock(w1)
+        self.down1 = nn.Conv2d(w1, w2, 4, stride=2, padding=1)
+        self.block1 = nn.Sequential(ResBlock(w2), ResBlock(w2))
+        self.down2 = nn.Conv2d(w2, w3, 4, stride=2, padding=1)
+        self.block2 = nn.Sequential(ResBlock(w3), ResBlock(w3), ResBlock(w3))
+        self.up2 = nn.Conv2d(w3, w2 * 4, 3, padding=1)
+        self.merge1 = ResBlock(w2)
+        self.up1 = nn.Conv2d(w2, w1 * 4, 3, padding=1)
+        self.merge0 = ResBlock(w1)
+        self.head = nn.Conv2d(w1, 1, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, small: torch.Tensor) -> torch.Tensor:
+        """(N, 3, h, w) RGB at 1/4 size, h and w multiples of 4 -> (N, 1, h, w) log gain."""
+        x = torch.cat([small, torch.log(small.clamp(0, 1) + 1 / 64)], dim=1)
+        f0 = self.block0(F.leaky_relu(self.stem(x), 0.2))
+        f1 = self.block1(F.leaky_relu(self.down1(f0), 0.2))
+        f2 = self.block2(F.leaky_relu(self.down2(f1), 0.2))
+        h = self.merge1(F.leaky_relu(F.pixel_shuffle(self.up2(f2), 2), 0.2) + f1)
+        h = self.merge0(F.leaky_relu(F.pixel_shuffle(self.up1(h), 2), 0.2) + f0)
+        return PAPER_LOG_LIMIT * torch.tanh(self.head(h) / PAPER_LOG_LIMIT)
+
+
+def paper_input(rgb: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(N, 3, H, W) -> what `PaperField` reads: the picture padded (edge pixels repeated) to a
+    multiple of 16 and averaged over 4x4 blocks; and the padded size."""
+    height, width = rgb.shape[2:]
+    pad_h, pad_w = -height % PAPER_MULTIPLE, -width % PAPER_MULTIPLE
+    padded = F.pad(rgb, (0, pad_w, 0, pad_h), mode="replicate")
+    return F.avg_pool2d(padded, PAPER_SCALE), (height + pad_h, width + pad_w)
+
+
 class RestoreVAE(nn.Module):
     """`width` features at full resolution, 2x at half and 4x at a quarter (the latent's);
-    `blocks` residual blocks per side at a quarter, `fine` at full resolution before the head."""
+    `blocks` residual blocks per side at a quarter, `fine` at full resolution before the head;
+    a paper branch `paper` features wide (0: none)."""
 
     def __init__(
         self,
@@ -74,6 +128,7 @@ class RestoreVAE(nn.Module):
         blocks: int = 2,
         prefilter: float = 0.0,
         fine: int = 2,
+        paper: int = 0,
     ) -> None:
         super().__init__()
         if not 1 <= latent <= 16:
@@ -101,6 +156,8 @@ class RestoreVAE(nn.Module):
         with torch.no_grad():  # start as the identity: no residual until one is learnt
             self.head.weight[:3].zero_()
             self.head.bias[:3].zero_()
+        # built last, so that a seed gives the same VAE with or without it
+        self.paper = PaperField(paper) if paper else None
 
     def config(self) -> dict[str, float]:
         return {
@@ -109,7 +166,19 @@ class RestoreVAE(nn.Module):
             "blocks": self.blocks,
             "fine": self.fine_blocks,
             "prefilter": float(self.prefilter_strength),
+            "paper": self.paper.width if self.paper is not None else 0,
         }
+
+    def paper_gain(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) whole picture -> (N, 1, H, W): the paper's gain on it (ones without a
+        paper branch). Dividing the scan by it flattens the paper."""
+        if self.paper is None:
+            return torch.ones_like(rgb[:, :1])
+        small, (height, width) = paper_input(rgb)
+        log_gain = F.interpolate(
+            self.paper(small), size=(height, width), mode="bilinear", align_corners=False
+        )
+        return torch.exp(log_gain[:, :, : rgb.shape[2], : rgb.shape[3]])
 
     def encode(
         self, image: torch.Tensor, raw: torch.Tensor, inpaint: torch.Tensor
@@ -216,12 +285,14 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict[str, float]:
     blocks = len({key.split(".")[1] for key in state if key.startswith("enc2.")})
     fine = len({key.split(".")[1] for key in state if key.startswith("fine.")})
     prefilter = float(state["prefilter_strength"]) if "prefilter_strength" in state else 0.0
+    paper = int(state["paper.stem.weight"].shape[0]) if "paper.stem.weight" in state else 0
     return {
         "width": width,
         "latent": latent,
         "blocks": blocks,
         "fine": fine,
         "prefilter": prefilter,
+        "paper": paper,
     }
 
 

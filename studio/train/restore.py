@@ -51,7 +51,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -67,6 +67,7 @@ from studio.nn.restore_vae import (
     RestoreVAE,
     build_from_state,
     gaussian_kl,
+    infer_config,
     prefilter,
     warm_start,
 )
@@ -414,9 +415,14 @@ class Trainer:
             log(f"resumed from {args.resume} ({self.resumed_steps} steps)")
             self.model.prefilter_strength.fill_(args.prefilter)
         else:
-            self.model = RestoreVAE(args.width, args.latent, args.blocks, args.prefilter, args.fine)
+            state = (
+                {k: v.float() for k, v in load_file(str(args.init)).items()} if args.init else {}
+            )
+            paper = int(infer_config(state)["paper"]) if state else 0  # a paper branch is kept
+            self.model = RestoreVAE(
+                args.width, args.latent, args.blocks, args.prefilter, args.fine, paper
+            )
             if args.init:
-                state = {k: v.float() for k, v in load_file(str(args.init)).items()}
                 fresh = warm_start(self.model, state)
                 self.model.prefilter_strength.fill_(args.prefilter)  # what it trains behind now
                 log(f"started from {args.init}; new: {', '.join(fresh) or 'nothing'}")
@@ -566,6 +572,15 @@ def recognition_path(weights: Path) -> Path:
     return weights.with_name(f"{weights.stem}.recognition.safetensors")
 
 
+class BatchSource(Protocol):
+    """What `BatchFeed` draws from: `AgedPatches`, or the paper branch's `PaperCrops`."""
+
+    prefilter_here: bool  # False: the feed prefilters each fresh batch's `raw` at `strength`
+    strength: float
+
+    def batches(self, worker: int) -> Iterator[Any]: ...
+
+
 class AgedPatches:
     """An endless stream of aged training batches; worker `k` draws its own, seeded by the
     run's seed and `k`."""
@@ -593,7 +608,7 @@ class WorkerFailure:
     text: str  # the traceback, shown by the trainer
 
 
-def _produce(source: AgedPatches, worker: int, batches: Any) -> None:
+def _produce(source: BatchSource, worker: int, batches: Any) -> None:
     cv2.setNumThreads(1)  # one core per worker; the trainer has the others
     torch.set_num_threads(1)
     try:
@@ -613,7 +628,7 @@ class BatchFeed:
 
     def __init__(
         self,
-        source: AgedPatches,
+        source: BatchSource,
         workers: int,
         replay: int,
         seed: int,
@@ -622,7 +637,7 @@ class BatchFeed:
         self.replay, self.rng = replay, random.Random(f"restore-replay/{seed}")
         self.device = device or torch.device("cpu")
         self.prefilter = 0.0 if source.prefilter_here else source.strength
-        self.recent: list[Batch] = []
+        self.recent: list[Any] = []
         self.fresh = self.replayed = 0
         self.local = source.batches(0) if workers == 0 else None
         # spawned, not forked: forked after OpenCV's thread pool started, a worker hangs in cv2
@@ -643,7 +658,7 @@ class BatchFeed:
             process.kill()
             process.join()
 
-    def next(self) -> Batch:
+    def next(self) -> Any:
         if self.local is not None:
             return self._arrived(next(self.local))
         if self.replay and len(self.recent) >= self.replay:
@@ -659,7 +674,7 @@ class BatchFeed:
             self.recent = [*self.recent, batch][-self.replay :]
         return batch
 
-    def _wait(self) -> Batch:
+    def _wait(self) -> Any:
         while True:
             try:
                 return self._checked(self.queue.get(timeout=10))
@@ -668,12 +683,12 @@ class BatchFeed:
                 if dead:
                     raise RuntimeError(f"a batch worker died (exit code {dead[0]})") from None
 
-    def _checked(self, item: Batch | WorkerFailure) -> Batch:
+    def _checked(self, item: Any) -> Any:
         if isinstance(item, WorkerFailure):
             raise RuntimeError(f"ageing a batch failed in worker {item.worker}:\n{item.text}")
         return self._arrived(item)
 
-    def _arrived(self, batch: Batch) -> Batch:
+    def _arrived(self, batch: Any) -> Any:
         batch = batch.to(self.device)
         if self.prefilter > 0:
             degraded = denoise_colored(batch.raw, self.prefilter)
@@ -681,14 +696,15 @@ class BatchFeed:
         return batch
 
 
-def _turned(batch: Batch, rng: random.Random) -> Batch:
+def _turned(batch: Any, rng: random.Random) -> Any:
+    """A dataclass of (N, C, H, W) planes, all turned and mirrored alike."""
     turns, mirror = rng.randrange(4), rng.random() < 0.5
 
     def move(planes: torch.Tensor) -> torch.Tensor:
         planes = torch.rot90(planes, turns, dims=(2, 3))
         return planes.flip(3) if mirror else planes
 
-    return Batch(*(move(getattr(batch, field.name)) for field in fields(batch)))
+    return type(batch)(*(move(getattr(batch, field.name)) for field in fields(batch)))
 
 
 def share_stem(model: RestoreVAE) -> None:

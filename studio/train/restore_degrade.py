@@ -8,7 +8,8 @@ JPEG. Every step has its probability, so some patches are only lightly damaged.
 Besides the degraded picture, the function returns what the restoration VAE learns towards: the
 clean photo with the same global fade and cast (`toned`: the network restores locally and leaves
 global colour to the colour-cast correction), the same with the physical damage drawn on it
-(`damaged`: what the network keeps where it is not asked to inpaint) and the damage mask.
+(`damaged`: what the network keeps where it is not asked to inpaint), the damage mask and the
+paper texture's gain (what the restorer's paper branch learns to estimate).
 Images are float32 (H, W, 3) numpy arrays in [0, 1]; the mask is (H, W) in {0, 1}.
 """
 
@@ -80,6 +81,7 @@ class DamagedPhoto:
     toned: np.ndarray
     damaged: np.ndarray
     damage: np.ndarray
+    paper: np.ndarray  # (H, W): the paper texture's gain on the print (ones where there is none)
 
 
 def degrade_old_photo(
@@ -101,8 +103,10 @@ def degrade_old_photo(
     tone = random_tone(rng, setting)
     image = apply_tone(image, tone)
     toned = apply_tone(clean.astype(np.float32), tone)
+    paper = np.ones((height, width), np.float32)
     if rng.random() < setting.paper:
-        image = paper_texture(image, rng, noise)
+        paper = paper_texture(height, width, rng, noise)
+        image = image * paper[..., None]
     alpha, colour = draw_damage(height, width, rng, noise, setting)
     image = image * (1 - alpha) + colour * alpha
     damaged = toned * (1 - alpha) + colour * alpha
@@ -118,6 +122,7 @@ def degrade_old_photo(
         toned=np.clip(toned, 0, 1),
         damaged=np.clip(damaged, 0, 1),
         damage=(alpha[..., 0] >= DAMAGE_ALPHA).astype(np.float32),
+        paper=paper,
     )
 
 
@@ -169,9 +174,10 @@ def apply_tone(image: np.ndarray, tone: Tone) -> np.ndarray:
     return image * gain + offset
 
 
-def paper_texture(image: np.ndarray, rng: random.Random, noise: np.random.Generator) -> np.ndarray:
-    """Blotchy unevenness and fine fibres, multiplied into the print."""
-    height, width = image.shape[:2]
+def paper_texture(
+    height: int, width: int, rng: random.Random, noise: np.random.Generator
+) -> np.ndarray:
+    """Blotchy unevenness and fine fibres: an (H, W) gain the print is multiplied by."""
     blotch = cv2.GaussianBlur(
         noise.normal(0, 1, (height, width)).astype(np.float32), (0, 0), rng.uniform(6, 20)
     )
@@ -180,7 +186,7 @@ def paper_texture(image: np.ndarray, rng: random.Random, noise: np.random.Genera
         noise.normal(0, 1, (height, width)).astype(np.float32), (0, 0), rng.uniform(0.6, 1.2)
     )
     fibre = fibre / max(float(fibre.std()), 1e-6) * rng.uniform(0.005, 0.02)
-    return image * (1 + blotch + fibre)[..., None]
+    return (1 + blotch + fibre).astype(np.float32)
 
 
 def draw_damage(
