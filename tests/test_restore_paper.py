@@ -15,9 +15,17 @@ from tiny_models import make_restore_vae
 from studio.engines.restore import RestoreRequest, run
 from studio.models.upscalers import inspect_model
 from studio.nn.restore_vae import PAPER_LOG_LIMIT, RestoreVAE, build_from_state, paper_input
+from studio.train import restore as train_vae
 from studio.train.photos import VALIDATION_PHOTOS
 from studio.train.restore_degrade import OldPhotoDamage, degrade_old_photo
-from studio.train.restore_paper import PaperBatch, flattening_error, main, paper_batch
+from studio.train.restore_paper import (
+    PaperBatch,
+    PaperTrainer,
+    flattening_error,
+    main,
+    paper_batch,
+    parse_args,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -151,7 +159,7 @@ def photo_folder(tmp_path):
     for k, name in enumerate(["a.png", "b.png", *VALIDATION_PHOTOS]):
         rng = np.random.default_rng(k)
         base = rng.integers(0, 255, (8, 8, 3), np.uint8)
-        Image.fromarray(base).resize((160, 160), Image.Resampling.BICUBIC).save(folder / name)
+        Image.fromarray(base).resize((224, 224), Image.Resampling.BICUBIC).save(folder / name)
     return folder
 
 
@@ -182,9 +190,40 @@ def test_a_short_run_adds_a_branch_and_leaves_the_vae_as_it_was(photo_folder, tm
     assert json.loads(safe_open(str(again), "pt").metadata()["config"])["paper"] == 4
 
 
+def test_saving_keeps_the_best_averaged_branch_and_leaves_the_live_one_training(
+    photo_folder, tmp_path
+):
+    init = make_restore_vae(tmp_path / "vae.safetensors")
+    out = tmp_path / "with-paper.safetensors"
+    argv = ["--data", str(photo_folder), "--init", str(init), "--out", str(out), "--steps", "4"]
+    trainer = PaperTrainer(parse_args([*argv, *TINY_PAPER_RUN]))
+    with trainer.feed:
+        trainer.train()
+    assert out.is_file()  # saved at each kept evaluation: a run stopped early leaves its best
+    live = {k: v.clone() for k, v in trainer.branch.state_dict().items()}
+    trainer.save(out)
+    assert all(torch.equal(v, trainer.branch.state_dict()[k]) for k, v in live.items())
+    saved = load_file(str(out))
+    best = trainer.best[0]
+    assert all(torch.equal(saved["paper." + k], v) for k, v in best.items())
+    assert any(not torch.equal(best[k], live[k]) for k in best)  # the average, not the live one
+
+
 def test_a_crop_the_branch_cannot_halve_twice_is_a_clear_error(photo_folder, tmp_path, capsys):
     init = make_restore_vae(tmp_path / "vae.safetensors")
     argv = ["--data", str(photo_folder), "--init", str(init), "--out", str(tmp_path / "x")]
     with pytest.raises(SystemExit):
         main([*argv, "--steps", "1", "--crop", "72"])
     assert "multiple of 16" in capsys.readouterr().err
+
+
+def test_training_the_vae_from_a_file_with_a_branch_keeps_the_branch(photo_folder, tmp_path):
+    init = make_restore_vae(tmp_path / "vae.safetensors", width=8, paper=4)
+    out = tmp_path / "vae-trained.safetensors"
+    argv = ["--data", str(photo_folder), "--init", str(init), "--out", str(out), "--steps", "2"]
+    argv += ["--width", "8", "--latent", "4", "--blocks", "1", "--fine", "1", "--patch", "32"]
+    argv += ["--batch", "2", "--workers", "0", "--threads", "1", "--eval-every", "0"]
+    assert train_vae.main([*argv, "--device", "cpu"]) == 0
+    before, after = load_file(str(init)), load_file(str(out))
+    branch = [k for k in before if k.startswith("paper.")]
+    assert branch and all(torch.equal(before[k], after[k]) for k in branch)

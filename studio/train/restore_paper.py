@@ -221,16 +221,21 @@ class PaperTrainer:
         if kept:
             state = {k: v.detach().cpu().clone() for k, v in self.average.state_dict().items()}
             self.best = (state, self.step, psnr)
+            self.save(self.args.out, quiet=True)  # a run stopped early still leaves its best
         log(
             f"{prefix} | flattening PSNR {psnr:.3f} dB (uncorrected {self.uncorrected:.3f})"
             + (" *" if kept else "")
         )
 
-    def save(self, out: Path) -> None:
+    def save(self, out: Path, *, quiet: bool = False) -> None:
         assert self.best is not None
         state, step, psnr = self.best
-        self.restorer.paper.load_state_dict(state)
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.restorer.state_dict().items()}
+        weights = {  # the VAE as it came, and the best averaged branch (not the live one)
+            k: v.detach().cpu().contiguous()
+            for k, v in self.restorer.state_dict().items()
+            if not k.startswith(PAPER_KEY)
+        }
+        weights.update({PAPER_KEY + k: v.contiguous() for k, v in state.items()})
         metadata = {
             **self.init_metadata,
             "architecture": ARCHITECTURE_ID,
@@ -244,7 +249,8 @@ class PaperTrainer:
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         save_file(weights, str(out), metadata=metadata)
-        log(f"saved step {step} (flattening PSNR {psnr:.3f} dB) to {out}")
+        if not quiet:
+            log(f"saved step {step} (flattening PSNR {psnr:.3f} dB) to {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
