@@ -741,6 +741,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     trainer = Trainer(args)
     parameters = sum(p.numel() for p in trainer.model.parameters())
     log(f"restoration VAE {trainer.model.config()}: {parameters} parameters")
+    return train_and_save(trainer, args)
+
+
+def train_and_save(trainer: Any, args: argparse.Namespace) -> int:
+    """Run a trainer on its feed and save its best weights to `--out` (this one's or the paper
+    branch's): a budget too short for one step is an error, not an empty file."""
     with trainer.feed:
         trainer.train()
     if trainer.best is None:

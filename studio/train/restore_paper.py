@@ -43,7 +43,7 @@ from studio.models.device import DEVICE_CHOICES, resolve_device
 from studio.nn.restore_vae import ARCHITECTURE_ID, PaperField, build_from_state, paper_input
 from studio.train.data import PatchPool, eval_crops
 from studio.train.photos import VALIDATION_PHOTOS, named_photos, training_photos
-from studio.train.restore import TRAINING_MIXES, BatchFeed, log
+from studio.train.restore import TRAINING_MIXES, BatchFeed, log, train_and_save
 from studio.train.restore_degrade import SCANNED_PRINT, OldPhotoDamage, degrade_old_photo
 
 PAPER_KEY = "paper."
@@ -261,12 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"paper branch: {sum(p.numel() for p in trainer.branch.parameters())} parameters, "
         f"on {trainer.device}"
     )
-    with trainer.feed:
-        trainer.train()
-    if trainer.best is None:
-        raise SystemExit(f"no step finished within --minutes {args.minutes}; nothing saved")
-    trainer.save(args.out)
-    return 0
+    return train_and_save(trainer, args)
 
 
 if __name__ == "__main__":
