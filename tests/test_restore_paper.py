@@ -184,10 +184,12 @@ def test_a_short_run_adds_a_branch_and_leaves_the_vae_as_it_was(photo_folder, tm
     assert json.loads(metadata["config"])["paper"] == 4
     assert metadata["paper_run_steps"] == "3" and 1 <= int(metadata["paper_steps"]) <= 3
 
-    again = tmp_path / "further.safetensors"  # a file with a branch trains that branch on
+    # A file with a branch trains that branch on; with nothing learnt, it comes back as it was.
+    again = tmp_path / "further.safetensors"
     assert main(["--data", str(photo_folder), "--init", str(out), "--out", str(again),
-                 "--steps", "2", *TINY_PAPER_RUN]) == 0  # fmt: skip
-    assert json.loads(safe_open(str(again), "pt").metadata()["config"])["paper"] == 4
+                 "--steps", "2", "--lr", "0", *TINY_PAPER_RUN]) == 0  # fmt: skip
+    further = load_file(str(again))
+    assert all(torch.equal(after[k], further[k]) for k in after if k.startswith("paper."))
 
 
 def test_saving_keeps_the_best_averaged_branch_and_leaves_the_live_one_training(
@@ -227,3 +229,18 @@ def test_training_the_vae_from_a_file_with_a_branch_keeps_the_branch(photo_folde
     before, after = load_file(str(init)), load_file(str(out))
     branch = [k for k in before if k.startswith("paper.")]
     assert branch and all(torch.equal(before[k], after[k]) for k in branch)
+
+
+def test_a_branch_trained_further_starts_as_the_best_and_a_new_one_never_does(
+    photo_folder, tmp_path
+):
+    plain = make_restore_vae(tmp_path / "vae.safetensors")
+    with_branch = make_restore_vae(tmp_path / "paper.safetensors", paper=4)
+    for init, continuing in ((plain, False), (with_branch, True)):
+        argv = ["--data", str(photo_folder), "--init", str(init), "--steps", "1"]
+        out = tmp_path / f"out-{continuing}.safetensors"
+        trainer = PaperTrainer(parse_args([*argv, "--out", str(out), *TINY_PAPER_RUN]))
+        trainer.evaluate()  # before any step
+        assert (trainer.best is not None) == continuing == out.is_file()
+    saved = load_file(str(out))
+    assert all(torch.equal(saved[k], v) for k, v in load_file(str(with_branch)).items())

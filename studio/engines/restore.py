@@ -6,7 +6,8 @@ goes through the network tile by tile, twice when scratches are fixed:
 1. *Restore*: nothing inpainted. The photo comes back denoised, deblurred and free of JPEG
    artefacts with its damage kept, plus the damage head's scratch/dust probability and the
    decoder's per-pixel uncertainty. Before the tiles, a file with a paper branch estimates the
-   print's uneven paper and blotchy fading from the whole picture, and the scan is divided by it.
+   print's uneven paper and blotchy fading from the whole picture, and the scan is divided by it
+   (part of the network's change, so the denoise level scales it too).
 2. *Fill*: the damage mask (the user's, or the detected one, grown by `DAMAGE_GROW` px) is painted
    anew by the decoder from the surroundings. Outside the mask the result is pass 1's pixels, so
    editing the mask changes exactly the pixels whose mask changed.
@@ -72,7 +73,9 @@ class RestoreRequest(Request):
     input_path: str
     model_path: str | None = None  # None = Studio's restoration VAE
     strength: float = 1.0  # 0 = the original, 1 = fully restored
-    denoise: float = 1.0  # 0 = keep the grain and noise, 1 = the network's full cleaning
+    # 0 = keep the grain and noise (and the paper's blotches, where the model flattens them),
+    # 1 = the network's full cleaning
+    denoise: float = 1.0
     fix_scratches: bool = False
     mask_path: str | None = None  # white = fill; None = the detected damage
     colour_correction: bool = False

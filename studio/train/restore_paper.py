@@ -18,8 +18,9 @@ areas than on dark ones). Only the branch learns: the VAE's weights are copied f
 unchanged, and a branch already there is trained further. An exponential moving average of the
 branch is measured every `--eval-every` seconds on fixed aged crops of the validation photos (half
 of them with paper texture, so a branch that flattens a photo's own shading loses) and the best is
-kept. Batches are aged in `--workers` processes; `--replay` reuses recent batches, turned, when
-they fall behind (ageing a crop costs more than a step).
+kept (a branch trained further is kept as it came unless it improves). Batches are aged in
+`--workers` processes; `--replay` reuses recent batches, turned, when they fall behind (ageing
+a crop costs more than a step).
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ class PaperTrainer:
         self.restorer = build_from_state(
             {k: v.float() for k, v in load_file(str(args.init)).items()}
         )
+        # A branch trained on must never be saved worse than it came: its start is a candidate.
+        self.continuing = self.restorer.paper is not None
         if self.restorer.paper is None:
             self.restorer.paper = PaperField(args.width)
             log(f"a new paper branch, {args.width} features")
@@ -217,7 +220,7 @@ class PaperTrainer:
     @torch.no_grad()
     def evaluate(self, prefix: str = "start") -> None:
         psnr = flattening_psnr(self.average(self.validation.small), self.validation)
-        kept = self.step > 0 and (self.best is None or psnr > self.best[2])
+        kept = (self.step > 0 or self.continuing) and (self.best is None or psnr > self.best[2])
         if kept:
             state = {k: v.detach().cpu().clone() for k, v in self.average.state_dict().items()}
             self.best = (state, self.step, psnr)
