@@ -9,6 +9,7 @@ patches (sky, bokeh) are skipped, since they teach the network little.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,3 +110,19 @@ def bicubic_input(truth: torch.Tensor, scale: int) -> torch.Tensor:
 def jpeg_input(truth: torch.Tensor, scale: int, quality: int = 75) -> torch.Tensor:
     """A web-photo input: the bicubic downscale saved as JPEG at `quality`."""
     return torch.stack([jpeg(image, quality) for image in bicubic_input(truth, scale)])
+
+
+class Budget:
+    """Progress through a run, as a fraction of its minutes or of its steps."""
+
+    def __init__(self, minutes: float | None, steps: int | None) -> None:
+        self.minutes, self.steps = minutes, steps
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def fraction(self, step: int) -> float:
+        if self.steps is not None:
+            return step / self.steps
+        return self.elapsed() / (60 * self.minutes)

@@ -519,7 +519,7 @@ class Trainer:
         )
         if kept:
             self.best = Kept(
-                _cpu_copy(self.average), _cpu_copy(self.recognition), self.step, psnr, iou
+                cpu_copy(self.average), cpu_copy(self.recognition), self.step, psnr, iou
             )
             self.save(self.args.out, quiet=True)  # a run stopped early still leaves its best
         log(
@@ -563,7 +563,7 @@ class Kept:
     iou: float
 
 
-def _cpu_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def cpu_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
 
 

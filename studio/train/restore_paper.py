@@ -38,13 +38,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from studio.models.device import DEVICE_CHOICES, resolve_device
 from studio.nn.restore_vae import ARCHITECTURE_ID, PaperField, build_from_state, paper_input
-from studio.train.data import PatchPool, eval_crops
+from studio.train.data import Budget, PatchPool, eval_crops
 from studio.train.photos import VALIDATION_PHOTOS, named_photos, training_photos
-from studio.train.restore import TRAINING_MIXES, BatchFeed, log, train_and_save
+from studio.train.restore import TRAINING_MIXES, BatchFeed, cpu_copy, log, train_and_save
 from studio.train.restore_degrade import SCANNED_PRINT, OldPhotoDamage, degrade_old_photo
 
 PAPER_KEY = "paper."
@@ -162,9 +162,10 @@ class PaperTrainer:
             torch.zeros_like(self.validation.log_gain), self.validation
         )
         log(f"validation: {len(crops)} crops, uncorrected {self.uncorrected:.3f} dB")
-        self.restorer = build_from_state(
-            {k: v.float() for k, v in load_file(str(args.init)).items()}
-        )
+        with safe_open(str(args.init), "pt") as handle:  # read once: weights and facts
+            self.init_metadata = handle.metadata() or {}
+            state = {k: handle.get_tensor(k).float() for k in handle.keys()}  # noqa: SIM118
+        self.restorer = build_from_state(state)
         # A branch trained on must never be saved worse than it came: its start is a candidate.
         self.continuing = self.restorer.paper is not None
         if self.restorer.paper is None:
@@ -172,33 +173,24 @@ class PaperTrainer:
             log(f"a new paper branch, {args.width} features")
         else:
             log(f"training the paper branch of {args.init} further")
-        with safe_open(str(args.init), "pt") as handle:
-            self.init_metadata = handle.metadata() or {}
         self.branch = self.restorer.paper.to(self.device)
         self.average = copy.deepcopy(self.branch).requires_grad_(False)
         self.optimiser = torch.optim.Adam(self.branch.parameters(), args.lr)
         self.feed = BatchFeed(
             PaperCrops(self.photos, args), args.workers, args.replay, args.seed, self.device
         )
-        self.rng = random.Random(f"paper-turns/{args.seed}")
         self.step = 0
         self.best: tuple[dict[str, torch.Tensor], int, float] | None = None
-        self.started = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def fraction(self) -> float:
-        if self.args.steps is not None:
-            return self.step / self.args.steps
-        return self.elapsed() / (60 * self.args.minutes)
+        self.budget = Budget(args.minutes, args.steps)
 
     def train(self) -> None:
         self.evaluate()
         last_eval = time.perf_counter()
-        while self.fraction() < 1:
+        while self.budget.fraction(self.step) < 1:
             batch = self.feed.next()
-            rate = self.args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * self.fraction())))
+            rate = self.args.lr * (
+                0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * self.budget.fraction(self.step)))
+            )
             for group in self.optimiser.param_groups:
                 group["lr"] = rate
             loss = flattening_error(self.branch(batch.small), batch).mean() * 1e3
@@ -222,8 +214,7 @@ class PaperTrainer:
         psnr = flattening_psnr(self.average(self.validation.small), self.validation)
         kept = (self.step > 0 or self.continuing) and (self.best is None or psnr > self.best[2])
         if kept:
-            state = {k: v.detach().cpu().clone() for k, v in self.average.state_dict().items()}
-            self.best = (state, self.step, psnr)
+            self.best = (cpu_copy(self.average), self.step, psnr)
             self.save(self.args.out, quiet=True)  # a run stopped early still leaves its best
         log(
             f"{prefix} | flattening PSNR {psnr:.3f} dB (uncorrected {self.uncorrected:.3f})"
@@ -245,7 +236,7 @@ class PaperTrainer:
             "config": json.dumps(self.restorer.config()),
             "paper_steps": str(step),
             "paper_run_steps": str(self.step),
-            "paper_minutes": f"{self.elapsed() / 60:.1f}",
+            "paper_minutes": f"{self.budget.elapsed() / 60:.1f}",
             "paper_validation_psnr": f"{psnr:.3f}",
             "paper_validation_uncorrected_psnr": f"{self.uncorrected:.3f}",
             "paper_command": " ".join(["python -m studio.train.restore_paper", *sys.argv[1:]]),

@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from spandrel.architectures.Compact import Compact
 
 from studio.train import gan
-from studio.train.data import PatchPool, bicubic_input, eval_crops, jpeg_input
+from studio.train.data import Budget, PatchPool, bicubic_input, eval_crops, jpeg_input
 from studio.train.degrade import degrade_batch
 from studio.train.metrics import psnr_y, sharpness_ratio
 from studio.train.photos import VALIDATION_PHOTOS, named_photos, training_photos
@@ -95,22 +95,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.batch = args.batch or batch
     args.lr = args.lr or (5e-4 if args.stage == "fidelity" else 1e-4)
     return args
-
-
-class Budget:
-    """Progress through a run, as a fraction of its minutes or of its steps."""
-
-    def __init__(self, minutes: float | None, steps: int | None) -> None:
-        self.minutes, self.steps = minutes, steps
-        self.started = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def fraction(self, step: int) -> float:
-        if self.steps is not None:
-            return step / self.steps
-        return self.elapsed() / (60 * self.minutes)
 
 
 class Validation:
