@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tiny_models import make_restore_vae
 
 from studio.engines.restore import RestoreRequest, run
@@ -221,6 +221,8 @@ def test_a_crop_the_branch_cannot_halve_twice_is_a_clear_error(photo_folder, tmp
 
 def test_training_the_vae_from_a_file_with_a_branch_keeps_the_branch(photo_folder, tmp_path):
     init = make_restore_vae(tmp_path / "vae.safetensors", width=8, paper=4)
+    branch_facts = {"paper_steps": "7", "paper_command": "python -m studio.train.restore_paper"}
+    save_file(load_file(str(init)), str(init), metadata=branch_facts)  # as the paper trainer does
     out = tmp_path / "vae-trained.safetensors"
     argv = ["--data", str(photo_folder), "--init", str(init), "--out", str(out), "--steps", "2"]
     argv += ["--width", "8", "--latent", "4", "--blocks", "1", "--fine", "1", "--patch", "32"]
@@ -229,6 +231,10 @@ def test_training_the_vae_from_a_file_with_a_branch_keeps_the_branch(photo_folde
     before, after = load_file(str(init)), load_file(str(out))
     branch = [k for k in before if k.startswith("paper.")]
     assert branch and all(torch.equal(before[k], after[k]) for k in branch)
+    with safe_open(str(out), "pt") as handle:  # and says how that branch was trained
+        metadata = handle.metadata()
+    assert {k: metadata[k] for k in branch_facts} == branch_facts
+    assert metadata["command"].startswith("python -m studio.train.restore ")
 
 
 def test_a_branch_trained_further_starts_as_the_best_and_a_new_one_never_does(

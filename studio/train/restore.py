@@ -57,6 +57,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from studio.models.device import DEVICE_CHOICES, resolve_device
@@ -428,6 +429,7 @@ class Trainer:
                 log(f"started from {args.init}; new: {', '.join(fresh) or 'nothing'}")
             if args.share_stem:
                 share_stem(self.model)
+        self.branch_facts = self._paper_facts(args.resume or args.init)
         if args.revive_latent:
             revive_latent(self.model)
         self.model.to(self.device)
@@ -527,10 +529,19 @@ class Trainer:
             f"{spread:.2f} levels where inpainted" + (" *" if kept else "")
         )
 
+    def _paper_facts(self, source: Path | None) -> dict[str, str]:
+        """How the paper branch this run keeps (untrained) was trained, as its file says."""
+        if source is None or self.model.paper is None:
+            return {}
+        with safe_open(str(source), "pt") as handle:
+            facts = handle.metadata() or {}
+        return {k: v for k, v in facts.items() if k.startswith("paper_")}
+
     def save(self, out: Path, *, quiet: bool = False) -> None:
         assert self.best is not None
         step, psnr, iou = self.best.step, self.best.psnr, self.best.iou
         metadata = {
+            **self.branch_facts,
             "architecture": ARCHITECTURE_ID,
             "config": json.dumps(self.model.config()),
             "seed": str(self.args.seed),
