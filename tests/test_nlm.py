@@ -8,6 +8,7 @@ import torch
 
 from studio.nn.nlm import denoise_colored, denoise_levels
 from studio.nn.restore_vae import prefilter
+from studio.progress import Cancelled
 
 
 def noisy_picture(seed: int, height: int, width: int) -> np.ndarray:
@@ -100,3 +101,19 @@ def test_three_planes_at_once_are_refused():
 def test_strength_zero_is_no_prefilter():
     batch = as_batch(noisy_picture(0, 8, 8))
     assert denoise_colored(batch, 0.0) is batch
+
+
+def test_the_prefilter_in_bands_is_the_whole_pictures_exactly_and_can_be_cancelled():
+    picture = noisy_picture(3, 120, 70)
+    whole = prefilter(picture, 5.0, band=1000)
+    for band in (16, 45):  # bands thinner than NLM's reach, and a last band that is short
+        np.testing.assert_array_equal(prefilter(picture, 5.0, band=band), whole)
+    bands = []
+
+    def cancel_after_two() -> bool:
+        bands.append(1)
+        return len(bands) > 2
+
+    with pytest.raises(Cancelled):
+        prefilter(picture, 5.0, cancel_after_two, band=16)
+    assert len(bands) == 3

@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from studio.progress import CancelCheck, Cancelled, never_cancelled
+
 ARCHITECTURE_ID = "StudioRestoreVAE"
 IN_PLANES = 8  # prefiltered RGB, inpaint mask, latent noise, raw RGB
 STEM_INPUTS = 7  # prefiltered RGB, the mask, raw RGB (both RGBs blanked under the mask)
@@ -54,6 +56,8 @@ LOG_SCALE_FLOOR = -6.0  # a smooth lower bound on the Laplace log-scale (0.6 lev
 # likelihood from exploding on the pixels the network is wrongly sure of
 PAPER_SCALE = 4  # the paper branch reads the picture at 1/4 of its size
 PAPER_MULTIPLE = 4 * PAPER_SCALE  # its two stride-2 steps need multiples of 4 at that size
+PREFILTER_REACH = 10 + 3  # rows NLM reads around a pixel: its search radius plus patch radius
+PREFILTER_BAND = 512
 PAPER_LOG_LIMIT = 0.5  # the branch's gain stays within exp(+-0.5): it flattens, it cannot repaint
 
 
@@ -345,14 +349,29 @@ def warm_start(model: RestoreVAE, state: dict[str, torch.Tensor]) -> list[str]:
     return fresh
 
 
-def prefilter(rgb: np.ndarray, strength: float) -> np.ndarray:
+def prefilter(
+    rgb: np.ndarray,
+    strength: float,
+    cancelled: CancelCheck = never_cancelled,
+    band: int = PREFILTER_BAND,
+) -> np.ndarray:
     """Non-local means (OpenCV, 8-bit, 7x7 patches in a 21x21 window) of an (H, W, 3) float
     picture: the network refines this instead of the raw scan. Applied to the whole picture
-    before tiling, so tiles do not change it."""
+    before tiling, so tiles do not change it; computed in bands of `band` rows, each seen with
+    NLM's reach of rows around it (so the bands give the whole picture's result exactly) and
+    `cancelled` polled between them: a large scan's prefilter takes seconds."""
     import cv2
 
     if strength <= 0:
         return rgb
     bgr = np.ascontiguousarray((np.clip(rgb[..., ::-1], 0, 1) * 255 + 0.5).astype(np.uint8))
-    denoised = cv2.fastNlMeansDenoisingColored(bgr, None, strength, strength, 7, 21)
+    denoised = np.empty_like(bgr)
+    height = bgr.shape[0]
+    for top in range(0, height, band):
+        if cancelled():
+            raise Cancelled
+        bottom = min(top + band, height)
+        low, high = max(0, top - PREFILTER_REACH), min(height, bottom + PREFILTER_REACH)
+        part = cv2.fastNlMeansDenoisingColored(bgr[low:high], None, strength, strength, 7, 21)
+        denoised[top:bottom] = part[top - low : bottom - low]
     return np.ascontiguousarray(denoised[..., ::-1], dtype=np.float32) / 255
