@@ -1,7 +1,7 @@
 """The shipped restoration VAE on photos it never saw, against a classical pipeline.
 
     python bench/restore.py [--long-side 1024] [--model FILE] [--seed 0] [--photos validation]
-                            [--device cpu] [--scan 12] [--holes]
+                            [--device cpu] [--scan 12] [--holes] [--ensemble 8]
 
 Ground truth: each held-out test photo (`studio.train.photos.TEST_PHOTOS`, never trained on and
 never used to choose a checkpoint) resized to `--long-side` px on its long side. The bench ages
@@ -25,6 +25,7 @@ photos. Speed: seconds per megapixel of the engine (restore only, and with scrat
 the classical pipeline, on this machine, best of `--rounds`; `--scan 12` also times one 12 MP
 scan (the first test photo enlarged and aged), after a warm-up. `--device cuda` runs Studio
 on the GPU (the prefilter and the classical pipeline stay on the CPU, as in the app).
+`--ensemble N` runs Studio with that many passes per tile (the photo mirrored and turned, averaged).
 
 `--holes` measures filling instead, as a person paints over a damaged print before fixing it:
 on each aged photo the true damage grown by 2 px, three 9 px strokes and a 48 px disc in the
@@ -114,6 +115,7 @@ def studio(
     folder: Path,
     mask: np.ndarray | None = None,
     device: str = "cpu",
+    ensemble: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """The engine's restoration (no colour correction), the mask it filled, and its seconds."""
     mask_path = None
@@ -126,6 +128,7 @@ def studio(
         fix_scratches=True,
         mask_path=mask_path,
         device=device,
+        ensemble=ensemble,
     )
     started = time.perf_counter()
     result = run(request, cache=cache)
@@ -174,7 +177,13 @@ def print_table(title: str, rows: dict[str, list[tuple[float, float]]]) -> None:
 
 
 def speed(
-    aged: list[Aged], model: Path, cache: ModelCache, strength: float, rounds: int, device: str
+    aged: list[Aged],
+    model: Path,
+    cache: ModelCache,
+    strength: float,
+    rounds: int,
+    device: str,
+    ensemble: int,
 ) -> None:
     megapixels = sum(a.photo.degraded.shape[0] * a.photo.degraded.shape[1] for a in aged) / 1e6
 
@@ -189,10 +198,10 @@ def speed(
     def engine(fix: bool) -> Callable[[], None]:
         def go() -> None:
             for a in aged:
-                run(
-                    RestoreRequest(str(a.path), str(model), fix_scratches=fix, device=device),
-                    cache=cache,
+                request = RestoreRequest(
+                    str(a.path), str(model), fix_scratches=fix, device=device, ensemble=ensemble
                 )
+                run(request, cache=cache)
 
         return go
 
@@ -207,7 +216,13 @@ def speed(
 
 
 def scan_speed(
-    photo: Path, megapixels: float, model: Path, cache: ModelCache, folder: Path, device: str
+    photo: Path,
+    megapixels: float,
+    model: Path,
+    cache: ModelCache,
+    folder: Path,
+    device: str,
+    ensemble: int,
 ) -> None:
     """Seconds for one large scan, as a person restores a flatbed scan (after a warm-up)."""
     height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
@@ -222,14 +237,21 @@ def scan_speed(
     Image.fromarray(to_uint8(aged.degraded[:512, :512])).save(folder / "warm.png")
     for fix in (False, True):  # loading, and the first kernels of both passes
         warm = RestoreRequest(
-            str(folder / "warm.png"), str(model), fix_scratches=fix, device=device
+            str(folder / "warm.png"),
+            str(model),
+            fix_scratches=fix,
+            device=device,
+            ensemble=ensemble,
         )
         run(warm, cache=cache)
     print(f"\none {width}x{height} scan ({width * height / 1e6:.1f} MP), {describe(device)}:")
     for fix in (False, True):
         started = time.perf_counter()
         result = run(
-            RestoreRequest(str(path), str(model), fix_scratches=fix, device=device), cache=cache
+            RestoreRequest(
+                str(path), str(model), fix_scratches=fix, device=device, ensemble=ensemble
+            ),
+            cache=cache,
         )
         seconds = time.perf_counter() - started
         what = "with scratch filling" if fix else "restore only"
@@ -268,6 +290,7 @@ def holes(
     strength: float,
     seed: int,
     device: str,
+    ensemble: int,
 ) -> None:
     """Painted holes filled by Studio's decoder and by Telea; how far Studio's variations differ."""
     rows: dict[str, list[tuple[float, float]]] = {"classical": [], "studio": []}
@@ -284,6 +307,7 @@ def holes(
             variations=1 + VARIATIONS,
             seed=3,
             device=device,
+            ensemble=ensemble,
         )
         pictures = [p.pixels[..., :3] for p in run(request, cache=cache).pictures]
         # Where nothing was painted the engine keeps the damage it was not asked to fill.
@@ -336,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         "--photos", choices=("test", "validation"), default="test", help="which photos to measure"
     )
     parser.add_argument("--holes", action="store_true", help="measure filling painted holes")
+    parser.add_argument(
+        "--ensemble", type=int, choices=(1, 2, 4, 8), default=1, help="Studio's passes per tile"
+    )
     args = parser.parse_args(argv)
     if args.holes and args.scan:
         parser.error("--holes measures filling and times nothing; run --scan on its own")
@@ -359,10 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"model {model.name}; {len(aged)} {args.photos} photos at {args.long_side} px; "
-            f"NLM h={strength:g}"
+            f"NLM h={strength:g}; studio ensemble {args.ensemble}"
         )
         if args.holes:  # filling only: tables A-B and the speed runs are another bench run
-            holes(aged, model, cache, folder, strength, args.seed, args.device)
+            holes(aged, model, cache, folder, strength, args.seed, args.device, args.ensemble)
             return 0
         detected: dict[str, list[tuple[float, float]]] = {
             "degraded": [],
@@ -376,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
             "studio": [],
         }
         for a in aged:
-            restored, mask, _seconds = studio(a, model, cache, folder, device=args.device)
+            restored, mask, _seconds = studio(
+                a, model, cache, folder, device=args.device, ensemble=args.ensemble
+            )
             opencv = classical(a.photo.degraded, mask, strength)
             truth = a.photo.toned
             detected["degraded"].append(scores(a.photo.degraded, truth))
@@ -389,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 levels[method].append(scores(levelled(pixels), a.photo.clean))
             true_mask = a.photo.damage > 0
-            restored_true, _, _ = studio(a, model, cache, folder, true_mask, args.device)
+            restored_true, _, _ = studio(
+                a, model, cache, folder, true_mask, args.device, args.ensemble
+            )
             oracle["classical"].append(
                 scores(classical(a.photo.degraded, true_mask, strength), truth)
             )
@@ -404,9 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         print_table("A'. restoration, the true damage mask given to both", oracle)
         print_table("B. restoration then auto levels (truth: the original photo)", levels)
         if args.rounds > 0:
-            speed(aged, model, cache, strength, args.rounds, args.device)
+            speed(aged, model, cache, strength, args.rounds, args.device, args.ensemble)
         if args.scan > 0:
-            scan_speed(tests[0], args.scan, model, cache, folder, args.device)
+            scan_speed(tests[0], args.scan, model, cache, folder, args.device, args.ensemble)
     return 0
 
 

@@ -1,6 +1,7 @@
 """The shipped upscalers on photos they never saw: quality against bicubic, speed against RRDB.
 
     python bench/upscale_quality.py [--long-side 1024] [--speed-size 96] [--models FILE ...]
+                                    [--ensemble 8]
 
 Ground truth: each held-out test photo (`studio.train.photos.TEST_PHOTOS`) whole, resized to
 `--long-side` px on its long side (Lanczos) and cut to a multiple of 4. Each is shrunk x4 and x2
@@ -9,7 +10,8 @@ back by bicubic interpolation and by every shipped model of that scale, through 
 (`studio.engines.upscale.run` on an `UpscaleRequest`, fp32 on the CPU): what is measured is what
 ships. Reported per scale and input, averaged over the photos: PSNR and SSIM on the luma with a
 border of `scale` pixels cropped, and sharpness (mean gradient magnitude of the result over the
-ground truth's: 1 = as crisp, below 1 = blurrier).
+ground truth's: 1 = as crisp, below 1 = blurrier). `--ensemble N` adds a row per model run with N
+passes (the picture mirrored and turned, averaged: the request's `ensemble`).
 
 Speed: megapixels of output per second of the default x4 model against a Real-ESRGAN-sized RRDB
 network (spandrel's ESRGAN, 23 blocks, 64 features, random weights) on the same input, both through
@@ -50,10 +52,15 @@ def to_png(image: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def engine_upscale(model: Path, image: torch.Tensor, folder: Path) -> torch.Tensor:
+def engine_upscale(
+    model: Path, image: torch.Tensor, folder: Path, ensemble: int = 1
+) -> torch.Tensor:
     """One (3, h, w) input through `studio.engines.upscale.run` with `model`, on the CPU."""
     request = UpscaleRequest(
-        input_path=str(to_png(image, folder / "input.png")), model_path=str(model), device="cpu"
+        input_path=str(to_png(image, folder / "input.png")),
+        model_path=str(model),
+        device="cpu",
+        ensemble=ensemble,
     )
     return torch.from_numpy(run(request).picture.pixels).permute(2, 0, 1)
 
@@ -72,25 +79,32 @@ def measure(result: torch.Tensor, truth: torch.Tensor, scale: int) -> tuple[floa
     )
 
 
-def quality(photos: list[torch.Tensor], models: list[Path], folder: Path) -> list[tuple]:
+def quality(
+    photos: list[torch.Tensor], models: list[Path], folder: Path, ensemble: int
+) -> list[tuple]:
     """(scale, input, method, PSNR, SSIM, sharpness, PSNR gain over bicubic), photo means."""
     rows = []
+    passes = sorted({1, ensemble})
     for scale in (4, 2):
-        methods = ["bicubic"] + [m for m in models if inspect_model(m).scale == scale]
+        methods: list[str | tuple[Path, int]] = ["bicubic"]
+        methods += [(m, n) for m in models if inspect_model(m).scale == scale for n in passes]
         for input_name, make_input in INPUTS.items():
             scores = {method: [] for method in methods}
             for truth in photos:
                 small = make_input(truth[None], scale)
                 for method in methods:
-                    if method == "bicubic":
+                    if isinstance(method, str):
                         result = bicubic(small, scale)
                     else:
-                        result = engine_upscale(method, small[0], folder)[None]
+                        result = engine_upscale(method[0], small[0], folder, method[1])[None]
                     scores[method].append(measure(result, truth[None], scale))
             reference = np.mean(scores["bicubic"], axis=0)
             for method in methods:
                 mean = np.mean(scores[method], axis=0)
-                name = method if method == "bicubic" else method.stem
+                if isinstance(method, str):
+                    name = method
+                else:
+                    name = method[0].stem + (f", {method[1]} passes" if method[1] > 1 else "")
                 rows.append((scale, input_name, name, *mean, mean[0] - reference[0]))
     return rows
 
@@ -132,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-size", type=int, default=96, help="speed input side (px)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (best kept)")
     parser.add_argument("--models", nargs="*", type=Path, help="default: every shipped upscaler")
+    parser.add_argument(
+        "--ensemble", type=int, choices=(1, 2, 4, 8), default=1, help="also with N passes"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     photos = named_photos(args.data or PHOTO_FOLDERS, TEST_PHOTOS)
@@ -152,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        rows = quality(truth, models, folder)
+        rows = quality(truth, models, folder, args.ensemble)
         print("| scale | input | method | PSNR-Y dB | SSIM-Y | sharpness | vs bicubic dB |")
         print("|---|---|---|---|---|---|---|")
         for scale, input_name, method, psnr, ssim, sharp, gain in rows:

@@ -45,7 +45,9 @@ def test_upscale_a_folder_records_history_and_writes_every_output(tmp_path, shoo
 def test_custom_scale_and_format(tmp_path, shoot, model):
     out = tmp_path / "out"
     args = ["upscale", str(shoot / "a.png"), "-o", str(out), "--model", str(model)]
-    assert main([*args, "--scale", "2", "--format", "jpeg", "--quality", "80"]) == 0
+    assert (
+        main([*args, "--scale", "2", "--format", "jpeg", "--quality", "80", "--ensemble", "4"]) == 0
+    )
     assert Image.open(out / "a_x2.jpg").size == (48, 40)
 
 

@@ -30,7 +30,8 @@ def vae(tmp_path):
 def test_restore_a_folder_writes_photos_maps_and_history(tmp_path, scans, vae, capsys):
     out = tmp_path / "out"
     args = ["restore", str(scans), "-o", str(out), "--model", str(vae), "--scratches"]
-    assert main([*args, "--variations", "2", "--seed", "5", "--strength", "0.8"]) == 0
+    options = ["--variations", "2", "--seed", "5", "--strength", "0.8", "--ensemble", "2"]
+    assert main([*args, *options]) == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(
         f"{stem}_{role}.png"
@@ -46,6 +47,16 @@ def test_restore_a_folder_writes_photos_maps_and_history(tmp_path, scans, vae, c
     assert rows[0]["request"]["seed"] == 5
     assert rows[0]["request"]["strength"] == 0.8
     assert rows[0]["request"]["fix_scratches"] is True
+    assert rows[0]["request"]["ensemble"] == 2
+
+
+def test_an_ensemble_of_three_is_a_usage_error(tmp_path, scans, vae, capsys):
+    args = ["restore", str(scans), "-o", str(tmp_path / "out"), "--model", str(vae)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--ensemble", "3"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 3" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_painted_mask_is_used_and_stored_with_the_entry(tmp_path, scans, vae, capsys):

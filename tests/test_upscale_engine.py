@@ -12,7 +12,7 @@ from PIL import Image, ImageCms
 from tiny_models import make_compact, make_esrgan
 
 from studio.engines.base import Cancelled, EngineError, RunFacts
-from studio.engines.tiling import auto_tile_size, plan_windows, upscale_tiled
+from studio.engines.tiling import auto_tile_size, dihedral_mean, plan_windows, upscale_tiled
 from studio.engines.upscale import UpscaleRequest, UpscaleResult, run
 from studio.imaging import ImageError
 from studio.models.cache import ModelCache
@@ -150,6 +150,44 @@ def test_automatic_tile_size_grows_with_free_memory_and_respects_the_grid():
     assert capped == 96  # windows of sqrt(1.6e10 / 1e6) = 126 px: 102 px tiles + 24, so 96
 
 
+def test_each_symmetry_of_the_ensemble_is_undone_before_averaging():
+    """A network that treats every pixel alike (here nearest x2) gives the same answer mirrored
+    and turned, so its ensemble must equal it exactly, on a tile that is not square."""
+    tile = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).reshape(2, 3, 5, 7) / 210
+
+    def nearest_x2(batch: torch.Tensor) -> torch.Tensor:
+        return batch.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) * 2 + 1
+
+    for count in (1, 2, 4, 8):
+        assert torch.allclose(dihedral_mean(nearest_x2, count)(tile), nearest_x2(tile))
+
+
+def test_the_ensemble_averages_the_network_over_the_mirrored_tile():
+    tile = torch.rand(1, 3, 6, 9, generator=torch.Generator().manual_seed(0))
+
+    def shift_left(batch: torch.Tensor) -> torch.Tensor:  # a network with a sense of direction
+        return torch.cat([batch[..., 1:], batch[..., -1:]], dim=3)
+
+    mirrored_back = shift_left(tile.flip(3)).flip(3)
+    expected = (shift_left(tile) + mirrored_back) / 2
+    assert torch.allclose(dihedral_mean(shift_left, 2)(tile), expected)
+    assert not torch.allclose(expected, shift_left(tile))
+    with pytest.raises(ValueError, match="symmetries"):
+        dihedral_mean(shift_left, 3)
+
+
+def test_cancelling_stops_the_ensemble_between_symmetries():
+    calls = []
+
+    def network(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(batch.shape)
+        return batch
+
+    with pytest.raises(Cancelled):
+        dihedral_mean(network, 8, cancelled=lambda: bool(calls))(torch.zeros(1, 3, 8, 8))
+    assert len(calls) == 1
+
+
 # -- the engine -----------------------------------------------------------------------------------
 
 
@@ -165,6 +203,18 @@ def test_cancel_after_the_first_tile_raises_cancelled(tmp_path):
     with pytest.raises(Cancelled):
         run(UpscaleRequest(image, model, tile=32), progress=progress, cancelled=lambda: bool(tiles))
     assert tiles == ["Tile 1/4"]
+
+
+def test_an_ensemble_averages_the_upscale_of_the_picture_and_of_its_mirror_image(tmp_path):
+    model = str(make_compact(tmp_path / "compact.pth"))
+    pixels = photo(24, 30)
+    image = save_png(tmp_path / "in.png", pixels)
+    mirrored = save_png(tmp_path / "mirrored.png", pixels[:, ::-1])
+    single = run(UpscaleRequest(image, model, device="cpu")).picture.pixels
+    back = run(UpscaleRequest(mirrored, model, device="cpu")).picture.pixels[:, ::-1]
+    averaged = run(UpscaleRequest(image, model, device="cpu", ensemble=2)).picture.pixels
+    assert np.abs(averaged - (single + back) / 2).max() < 1e-5
+    assert np.abs(averaged - single).max() > LEVEL
 
 
 def test_progress_counts_tiles_and_sends_previews(tmp_path):
@@ -322,6 +372,7 @@ def test_request_round_trips_through_its_dict():
         {"device": "tpu"},
         {"precision": "fp8"},
         {"model_path": ""},
+        {"ensemble": 16},
     ],
 )
 def test_invalid_requests_are_refused_with_an_engine_error(change):

@@ -10,15 +10,21 @@ from studio.errors import UserError
 from studio.progress import CancelCheck, Cancelled, Progress, never_cancelled, no_progress
 
 __all__ = [
+    "ENSEMBLE_SIZES",
     "CancelCheck",
     "Cancelled",
     "EngineError",
     "Progress",
     "Request",
     "RunFacts",
+    "check_ensemble",
     "never_cancelled",
     "no_progress",
 ]
+
+# How many of a square's symmetries a network's tiles can be averaged over
+# (`studio.engines.tiling.dihedral_mean`), a choice engines offer without importing torch.
+ENSEMBLE_SIZES = (1, 2, 4, 8)
 
 
 class EngineError(UserError):
@@ -79,3 +85,10 @@ class Request:
         """The file that stores field `name`'s input, or None when it cannot be stored as one
         file (a re-run then reads it where it is)."""
         return getattr(self, name)
+
+
+def check_ensemble(count: Any) -> None:
+    if isinstance(count, bool) or count not in ENSEMBLE_SIZES:
+        raise EngineError(
+            f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, not {count!r}."
+        )

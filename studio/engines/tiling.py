@@ -25,7 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from studio.engines.base import CancelCheck, Cancelled, EngineError, Progress, never_cancelled
+from studio.engines.base import (
+    ENSEMBLE_SIZES,
+    CancelCheck,
+    Cancelled,
+    EngineError,
+    Progress,
+    never_cancelled,
+)
 from studio.engines.base import no_progress as _no_progress
 from studio.models.device import empty_cache, is_out_of_memory
 from studio.models.upscalers import SizeRules
@@ -83,6 +90,55 @@ def upscale_tiled(
     run = _TiledRun(run_tile, padded, scale=scale, overlap=overlap, step=step, rules=rules)
     run.execute(tile, batch, progress, cancelled, max(min_tile, step))
     return run.result()[:, :, : height * scale, : width * scale]
+
+
+def dihedral_mean(
+    run_tile: RunTile, count: int, cancelled: CancelCheck = never_cancelled
+) -> RunTile:
+    """`run_tile` averaged over the tile mirrored and turned: a geometric self-ensemble.
+
+    A network's errors differ between a picture and its mirror image while the picture does not,
+    so the mean of the first `count` of the square's eight symmetries (1: as is; 2: and mirrored
+    left-right; 4: and upside down; 8: and transposed) is a little cleaner, at `count` times the
+    cost. Any fully convolutional network of any scale commutes with them. `cancelled` is polled
+    between the symmetries, as one tile now takes `count` passes.
+    """
+    if count not in ENSEMBLE_SIZES:
+        raise ValueError(f"the ensemble is one of {ENSEMBLE_SIZES} symmetries, not {count!r}")
+    if count == 1:
+        return run_tile
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        first = run_tile(batch)
+        total = first.float()
+        for k in range(1, count):
+            if cancelled():
+                raise Cancelled
+            total = total + _undo_symmetry(run_tile(_symmetry(batch, k).contiguous()), k).float()
+        return (total / count).to(first.dtype)
+
+    return run
+
+
+def _symmetry(batch: torch.Tensor, k: int) -> torch.Tensor:
+    """Symmetry k (0-7) of an (N, C, H, W) batch: bit 0 mirrors, bit 1 flips, bit 2 transposes."""
+    if k & 4:
+        batch = batch.transpose(2, 3)
+    if k & 1:
+        batch = batch.flip(3)
+    if k & 2:
+        batch = batch.flip(2)
+    return batch
+
+
+def _undo_symmetry(batch: torch.Tensor, k: int) -> torch.Tensor:
+    if k & 2:
+        batch = batch.flip(2)
+    if k & 1:
+        batch = batch.flip(3)
+    if k & 4:
+        batch = batch.transpose(2, 3)
+    return batch
 
 
 class _TiledRun:

@@ -1,5 +1,5 @@
 """Controls several tabs share for what a run writes and draws: the output format with its
-quality, and a seed with the dice that picks a new one."""
+quality, a seed with the dice that picks a new one, and the passes a network averages."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QSpinBox, QToolButton, QWi
 from superqt import QLargeIntSpinBox
 
 from studio.app.settings import OUTPUT_FORMATS, Settings
+from studio.engines.base import ENSEMBLE_SIZES
+
+ENSEMBLE_LABELS = {1: "1 (fastest)", 2: "2: mirrored too", 4: "4: flipped too", 8: "8: turned too"}
 
 
 def format_widgets(settings: Settings) -> tuple[QComboBox, QSpinBox]:
@@ -20,6 +23,23 @@ def format_widgets(settings: Settings) -> tuple[QComboBox, QSpinBox]:
     quality.setValue(settings.jpeg_quality)
     quality.setToolTip("JPEG and WebP quality (PNG and TIFF are lossless)")
     return combo, quality
+
+
+def passes_combo() -> QComboBox:
+    """How many of the photo's symmetries the network runs on and averages (the request's
+    `ensemble`; its data is the count)."""
+    combo = QComboBox()
+    for count in ENSEMBLE_SIZES:
+        combo.addItem(ENSEMBLE_LABELS[count], count)
+    combo.setToolTip(
+        "Run the model on the photo mirrored and turned as well, and average the answers: "
+        "a little cleaner, that many times slower"
+    )
+    return combo
+
+
+def choose_passes(combo: QComboBox, count: int) -> None:
+    combo.setCurrentIndex(max(0, combo.findData(count)))
 
 
 class SeedRow(QWidget):

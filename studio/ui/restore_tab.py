@@ -39,7 +39,7 @@ from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
 from studio.ui.mask_canvas import MaskCanvas, MaskToolbar
 from studio.ui.model_picker import ModelFilePicker
-from studio.ui.output_widgets import SeedRow, format_widgets
+from studio.ui.output_widgets import SeedRow, choose_passes, format_widgets, passes_combo
 from studio.ui.tool_tab import ToolTab
 
 MIN_TILE = 64  # the engine's smallest restore tile (studio.engines.restore.MIN_TILE)
@@ -101,6 +101,7 @@ class RestoreTab(ToolTab):
             "checkpoint) that repaints the damage mask over the decoder's fill"
         )
         self.colour_check = QCheckBox("Correct fading and colour cast")
+        self.ensemble_combo = passes_combo()
         self.tile_spin = QSpinBox(minimum=0, maximum=4096, singleStep=64)
         self.tile_spin.setSpecialValueText("Automatic")
         self.tile_spin.setSuffix(" px")
@@ -129,6 +130,7 @@ class RestoreTab(ToolTab):
         form.addRow(self.scratches_check)
         form.addRow("Fill with", self.inpaint_edit)
         form.addRow(self.colour_check)
+        form.addRow("Passes", self.ensemble_combo)
         form.addRow("Variations", self.variations_spin)
         form.addRow("Seed", self.seed_row)
         form.addRow("Tile", self.tile_spin)
@@ -219,6 +221,7 @@ class RestoreTab(ToolTab):
             colour_correction=self.colour_check.isChecked(),
             inpaint_model=(self.inpaint_edit.text().strip() or None) if fix else None,
             tile=0 if self.tile_spin.value() <= 0 else max(self.tile_spin.value(), MIN_TILE),
+            ensemble=int(self.ensemble_combo.currentData()),
             seed=int(self.seed_spin.value()),
             variations=self.variations_spin.value(),
             output_format=self.format_combo.currentText(),
@@ -262,6 +265,7 @@ class RestoreTab(ToolTab):
         self.colour_check.setChecked(request.colour_correction)
         self.inpaint_edit.setText(request.inpaint_model or "")
         self.tile_spin.setValue(request.tile)
+        choose_passes(self.ensemble_combo, request.ensemble)
         self.seed_spin.setValue(request.seed)
         self.variations_spin.setValue(request.variations)
         self.format_combo.setCurrentText(request.output_format)

@@ -30,7 +30,7 @@ from studio.models.shipped import shipped_upscalers
 from studio.ui.convert import load_qimage, qimage_from_array
 from studio.ui.image_view import ImageView
 from studio.ui.model_picker import MODEL_FILTER, ModelFilePicker
-from studio.ui.output_widgets import format_widgets
+from studio.ui.output_widgets import choose_passes, format_widgets, passes_combo
 from studio.ui.tool_tab import ToolTab
 
 MIN_TILE = 32  # the tiler's smallest tile (studio.engines.tiling.MIN_TILE, which imports torch)
@@ -86,6 +86,7 @@ class UpscaleTab(ToolTab):
         self.tile_spin.setSpecialValueText("Automatic")
         self.tile_spin.setSuffix(" px")
         self.tile_spin.setValue(self.window_.ctx.settings.tile_size)
+        self.ensemble_combo = passes_combo()
         self.format_combo, self.quality_spin = format_widgets(self.window_.ctx.settings)
         self.run_button = QPushButton("Upscale")
         self.run_button.setToolTip("Upscale the image (Ctrl+Enter)")
@@ -106,6 +107,7 @@ class UpscaleTab(ToolTab):
         form.addRow(self.model_label)
         form.addRow(self.custom_scale)
         form.addRow("Scale", self.scale_spin)
+        form.addRow("Passes", self.ensemble_combo)
         form.addRow("Tile", self.tile_spin)
         form.addRow("Format", self.format_combo)
         form.addRow("Quality", self.quality_spin)
@@ -162,6 +164,7 @@ class UpscaleTab(ToolTab):
             model_path=str(model_path or self.model_combo.currentData()),
             scale=self.scale_spin.value() if self.custom_scale.isChecked() else None,
             tile=snap_tile(self.tile_spin.value()),
+            ensemble=int(self.ensemble_combo.currentData()),
             output_format=self.format_combo.currentText(),
             quality=self.quality_spin.value(),
             device=settings.device,
@@ -193,6 +196,7 @@ class UpscaleTab(ToolTab):
         if request.scale is not None:
             self.scale_spin.setValue(request.scale)
         self.tile_spin.setValue(request.tile)
+        choose_passes(self.ensemble_combo, request.ensemble)
         self.format_combo.setCurrentText(request.output_format)
         self.quality_spin.setValue(request.quality)
 

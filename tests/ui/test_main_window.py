@@ -11,6 +11,7 @@ from tiny_models import make_compact
 
 from studio.app.jobs import JobState
 from studio.ui.main_window import MainWindow
+from studio.ui.output_widgets import choose_passes
 
 
 @pytest.fixture
@@ -147,13 +148,17 @@ def test_dropping_an_image_on_the_tab_opens_it(window, photo):
 
 
 def test_rerun_from_history_reproduces_the_same_pixels(window, qtbot, photo, model):
-    choose(window, qtbot, photo, model)
+    tab = choose(window, qtbot, photo, model)
+    choose_passes(tab.ensemble_combo, 2)
     first = run_and_wait(window, qtbot).result
+    assert first.request["ensemble"] == 2
+    choose_passes(tab.ensemble_combo, 1)
     with qtbot.waitSignal(window.jobs.finished, timeout=60_000) as blocker:
         window.rerun(first.id)
     second = blocker.args[0].result
     assert second.id != first.id
     assert second.request["model_path"] == first.request["model_path"]
+    assert second.request["ensemble"] == 2 and tab.ensemble_combo.currentData() == 2
     a = np.asarray(Image.open(first.outputs[0].path))
     b = np.asarray(Image.open(second.outputs[0].path))
     assert np.array_equal(a, b)

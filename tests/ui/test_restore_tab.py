@@ -118,10 +118,13 @@ def test_rerun_from_history_shows_the_settings_and_gives_the_same_pixels(window,
     tab.colour_check.setChecked(True)
     tab.variations_spin.setValue(2)
     tab.seed_spin.setValue(5)
+    tab.ensemble_combo.setCurrentIndex(tab.ensemble_combo.findData(4))
     tab.mask_canvas.paint_stroke([QPointF(5, 5), QPointF(60, 70)])
     first = run_and_wait(window, qtbot).result
+    assert first.request["ensemble"] == 4
     tab.strength_slider.setValue(1.0)
     tab.colour_check.setChecked(False)
+    tab.ensemble_combo.setCurrentIndex(0)
     tab.mask_canvas.clear_mask()
     with qtbot.waitSignal(window.jobs.finished, timeout=60_000) as blocker:
         window.rerun(first.id)
@@ -129,6 +132,7 @@ def test_rerun_from_history_shows_the_settings_and_gives_the_same_pixels(window,
     assert tab.strength_slider.value() == pytest.approx(0.6)
     assert tab.colour_check.isChecked()
     assert tab.seed_spin.value() == 5
+    assert tab.ensemble_combo.currentData() == 4
     assert tab.mask_canvas.has_mask()
     for a, b in zip(first.outputs, second.outputs, strict=True):
         np.testing.assert_array_equal(pixels(a.path), pixels(b.path))
