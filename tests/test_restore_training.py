@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from studio.models.device import DeviceError
 from studio.models.upscalers import inspect_model
@@ -264,6 +264,11 @@ def test_a_resumed_run_goes_on_with_the_recognition_network_saved_beside_the_wei
     resumed = Trainer(parse_args([*more, "--resume", str(out)]))
     for name, value in resumed.recognition.state_dict().items():
         torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
+
+    wrong = Recognition(resumed.model.width + 2, resumed.model.latent)  # another VAE's
+    save_file(wrong.state_dict(), str(tmp_path / "vae.recognition.safetensors"))
+    with pytest.raises(SystemExit, match=r"not the recognition network of .*move it away"):
+        Trainer(parse_args([*more, "--resume", str(out)]))
 
     (tmp_path / "vae.recognition.safetensors").unlink()
     afresh = Trainer(parse_args([*more, "--resume", str(out)]))

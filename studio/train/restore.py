@@ -452,7 +452,14 @@ class Trainer:
         self.recognition = Recognition(self.model.width, self.model.latent)
         beside = recognition_path(args.resume) if args.resume else None
         if beside is not None and beside.is_file():
-            self.recognition.load_state_dict(load_file(str(beside)))
+            try:
+                self.recognition.load_state_dict(load_file(str(beside)))
+            except RuntimeError as error:  # torch's wall of mismatched shapes
+                raise SystemExit(
+                    f"{beside} is not the recognition network of {args.resume} (width "
+                    f"{self.model.width}, latent {self.model.latent}); move it away to start "
+                    "the recognition network afresh"
+                ) from error
             log(f"recognition network from {beside}")
         self.recognition.to(self.device)
         self.trained = [*self.model.parameters(), *self.recognition.parameters()]
