@@ -428,6 +428,7 @@ def cmd_grade(ctx: AppContext, args: argparse.Namespace) -> int:
 
 
 def _ensemble_argument(parser: argparse.ArgumentParser) -> None:
+    """`--ensemble`: the passes a tool's network averages (`tiling.dihedral_mean`)."""
     parser.add_argument(
         "--ensemble",
         type=int,

@@ -42,13 +42,15 @@ def test_upscale_a_folder_records_history_and_writes_every_output(tmp_path, shoo
     assert rows[0]["request"]["model_path"] == str(model.resolve())
 
 
-def test_custom_scale_and_format(tmp_path, shoot, model):
+def test_custom_scale_format_and_passes(tmp_path, shoot, model, capsys):
     out = tmp_path / "out"
     args = ["upscale", str(shoot / "a.png"), "-o", str(out), "--model", str(model)]
-    assert (
-        main([*args, "--scale", "2", "--format", "jpeg", "--quality", "80", "--ensemble", "4"]) == 0
-    )
+    options = ["--scale", "2", "--format", "jpeg", "--quality", "80", "--ensemble", "4"]
+    assert main([*args, *options]) == 0
     assert Image.open(out / "a_x2.jpg").size == (48, 40)
+    capsys.readouterr()
+    assert main(["history", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["request"]["ensemble"] == 4
 
 
 def test_outputs_never_overwrite_existing_files(tmp_path, shoot, model):

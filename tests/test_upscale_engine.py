@@ -162,18 +162,53 @@ def test_each_symmetry_of_the_ensemble_is_undone_before_averaging():
         assert torch.allclose(dihedral_mean(nearest_x2, count)(tile), nearest_x2(tile))
 
 
-def test_the_ensemble_averages_the_network_over_the_mirrored_tile():
+def shift_left_and_down(batch: torch.Tensor) -> torch.Tensor:
+    """A network with a sense of direction along both axes, and not the same along each."""
+    left = torch.cat([batch[..., 1:], batch[..., -1:]], dim=3)
+    down = torch.cat([batch[..., :1, :], batch[..., :-1, :]], dim=2)
+    return batch + 0.5 * left + 0.25 * down
+
+
+def square_symmetries(count: int) -> list[tuple[int, bool]]:
+    """The square's symmetries an ensemble of `count` should use: (quarter turns, mirrored
+    first), written with rot90 rather than the flips and transposes the code uses."""
+    mirrors = [(0, False), (0, True)]
+    flips = [*mirrors, (2, False), (2, True)]  # a half turn of the mirror image: upside down
+    return {1: mirrors[:1], 2: mirrors, 4: flips}.get(
+        count, [(k, m) for k in range(4) for m in (False, True)]
+    )
+
+
+def apply(batch: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    return torch.rot90(batch.flip(3) if mirrored else batch, turns, dims=(2, 3))
+
+
+def undo(batch: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    batch = torch.rot90(batch, -turns, dims=(2, 3))
+    return batch.flip(3) if mirrored else batch
+
+
+@pytest.mark.parametrize("count", [2, 4, 8])
+def test_the_ensemble_averages_the_network_over_that_many_distinct_symmetries(count):
     tile = torch.rand(1, 3, 6, 9, generator=torch.Generator().manual_seed(0))
+    seen = []
 
-    def shift_left(batch: torch.Tensor) -> torch.Tensor:  # a network with a sense of direction
-        return torch.cat([batch[..., 1:], batch[..., -1:]], dim=3)
+    def network(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.clone())
+        return shift_left_and_down(batch)
 
-    mirrored_back = shift_left(tile.flip(3)).flip(3)
-    expected = (shift_left(tile) + mirrored_back) / 2
-    assert torch.allclose(dihedral_mean(shift_left, 2)(tile), expected)
-    assert not torch.allclose(expected, shift_left(tile))
+    averaged = dihedral_mean(network, count)(tile)
+    symmetries = square_symmetries(count)
+    expected = [apply(tile, *g) for g in symmetries]
+    assert len(seen) == count
+    for version in expected:  # each version of the tile seen exactly once
+        matches = [s for s in seen if s.shape == version.shape and torch.equal(s, version)]
+        assert len(matches) == 1
+    mean = sum(undo(shift_left_and_down(apply(tile, *g)), *g) for g in symmetries) / count
+    torch.testing.assert_close(averaged, mean)
+    assert not torch.allclose(averaged, shift_left_and_down(tile))
     with pytest.raises(ValueError, match="symmetries"):
-        dihedral_mean(shift_left, 3)
+        dihedral_mean(network, 3)
 
 
 def test_cancelling_stops_the_ensemble_between_symmetries():
@@ -373,6 +408,7 @@ def test_request_round_trips_through_its_dict():
         {"precision": "fp8"},
         {"model_path": ""},
         {"ensemble": 16},
+        {"ensemble": 2.0},
     ],
 )
 def test_invalid_requests_are_refused_with_an_engine_error(change):

@@ -88,7 +88,8 @@ class Request:
 
 
 def check_ensemble(count: Any) -> None:
-    if isinstance(count, bool) or count not in ENSEMBLE_SIZES:
+    """Refuse an ensemble size a request cannot run (2.0 from a JSON file included)."""
+    if type(count) is not int or count not in ENSEMBLE_SIZES:
         raise EngineError(
             f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, not {count!r}."
         )

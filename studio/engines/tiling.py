@@ -100,8 +100,9 @@ def dihedral_mean(
     A network's errors differ between a picture and its mirror image while the picture does not,
     so the mean of the first `count` of the square's eight symmetries (1: as is; 2: and mirrored
     left-right; 4: and upside down; 8: and transposed) is a little cleaner, at `count` times the
-    cost. Any fully convolutional network of any scale commutes with them. `cancelled` is polled
-    between the symmetries, as one tile now takes `count` passes.
+    cost. The output of a fully convolutional network at any scale maps back pixel for pixel, so
+    each is undone before the mean. `cancelled` is polled between the symmetries, as one tile
+    now takes `count` passes.
     """
     if count not in ENSEMBLE_SIZES:
         raise ValueError(f"the ensemble is one of {ENSEMBLE_SIZES} symmetries, not {count!r}")
@@ -132,6 +133,7 @@ def _symmetry(batch: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _undo_symmetry(batch: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of `_symmetry(batch, k)`: its steps in reverse order."""
     if k & 2:
         batch = batch.flip(2)
     if k & 1:

@@ -56,8 +56,10 @@ LOG_SCALE_FLOOR = -6.0  # a smooth lower bound on the Laplace log-scale (0.6 lev
 # likelihood from exploding on the pixels the network is wrongly sure of
 PAPER_SCALE = 4  # the paper branch reads the picture at 1/4 of its size
 PAPER_MULTIPLE = 4 * PAPER_SCALE  # its two stride-2 steps need multiples of 4 at that size
-PREFILTER_REACH = 10 + 3  # rows NLM reads around a pixel: its search radius plus patch radius
-PREFILTER_BAND = 512
+NLM_PATCH = 7  # the prefilter's non-local means: patches of 7x7 pixels...
+NLM_WINDOW = 21  # ...searched for in a 21x21 window
+PREFILTER_REACH = NLM_WINDOW // 2 + NLM_PATCH // 2  # rows NLM reads around a pixel
+PREFILTER_BAND = 512  # rows per band: a cancel waits for one (2 MP of a 4000 px wide scan)
 PAPER_LOG_LIMIT = 0.5  # the branch's gain stays within exp(+-0.5): it flattens, it cannot repaint
 
 
@@ -372,6 +374,8 @@ def prefilter(
             raise Cancelled
         bottom = min(top + band, height)
         low, high = max(0, top - PREFILTER_REACH), min(height, bottom + PREFILTER_REACH)
-        part = cv2.fastNlMeansDenoisingColored(bgr[low:high], None, strength, strength, 7, 21)
+        part = cv2.fastNlMeansDenoisingColored(
+            bgr[low:high], None, strength, strength, NLM_PATCH, NLM_WINDOW
+        )
         denoised[top:bottom] = part[top - low : bottom - low]
     return np.ascontiguousarray(denoised[..., ::-1], dtype=np.float32) / 255

@@ -39,6 +39,7 @@ def passes_combo() -> QComboBox:
 
 
 def choose_passes(combo: QComboBox, count: int) -> None:
+    """Show a stored request's passes (1 if it names none the combo offers)."""
     combo.setCurrentIndex(max(0, combo.findData(count)))
 
 
