@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from spandrel.architectures.Compact import Compact
 from spandrel.architectures.DRUNet import DRUNet
 from spandrel.architectures.ESRGAN import ESRGAN
+from spandrel.architectures.RestoreFormer import RestoreFormer
 
 # spandrel 0.4.2 builds RRDB blocks with 32 growth channels whatever the file says, so a tiny ESRGAN
 # keeps that width and is made small through num_feat and num_block instead.
@@ -122,6 +123,15 @@ def make_drunet(path: str | Path, seed: int = 0) -> Path:
     """Save a tiny DRUNet (a x1 denoiser spandrel reads) in KAIR's key layout."""
     torch.manual_seed(seed)
     model = DRUNet(in_nc=4, out_nc=3, nc=[8, 8, 8, 8], nb=2).eval()
+    return _save(path, model.state_dict(), params_ema=False)
+
+
+def make_restoreformer(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny RestoreFormer (a face model spandrel reads: 512 px aligned faces)."""
+    torch.manual_seed(seed)
+    model = RestoreFormer(
+        n_embed=16, embed_dim=8, ch=32, ch_mult=(1,) * 6, num_res_blocks=1, z_channels=8
+    ).eval()
     return _save(path, model.state_dict(), params_ema=False)
 
 

@@ -14,7 +14,9 @@ goes through the network tile by tile, twice when scratches are fixed:
 
 With `ensemble` above 1, each tile also runs mirrored (2), flipped (4) and transposed (8), and
 the outputs are averaged (`tiling.dihedral_mean`): the network's own errors partly cancel, at that
-many times the cost; for a user's spandrel model too.
+many times the cost; for a user's spandrel model too. The latent's noise plane turns with the
+tile, but the decoder does not answer it symmetrically, so a variation averages several samples:
+variations differ less, and so does the uncertainty map's share from them.
 
 The latent is a Gaussian given the scan: picture 0 decodes its mean, each further variation
 decodes a sample drawn from a CPU generator seeded by the request (one noise plane that travels
@@ -28,6 +30,8 @@ With a diffusion inpainting model named in the request, the damage mask is repai
 
 Any scale-1 model spandrel reads (SCUNet, NAFNet, FBCNN, DRUNet, GFPGAN, RestoreFormer, ...) runs
 through the same loading path as the upscalers; detection, filling and variations need the VAE.
+A face model (GFPGAN, RestoreFormer) restores each face Studio finds, aligned and pasted back
+(`studio.engines.faces`); the rest of the photo stays as it was.
 """
 
 from __future__ import annotations
@@ -371,6 +375,11 @@ def _restorer_for(model: Any, info: Any, request: RestoreRequest) -> _Restorer:
 
     if isinstance(model.model, RestoreVAE):
         return _restore_with_vae
+    if info.faces and request.ensemble > 2:
+        raise EngineError(
+            f"{info.name} ({info.architecture}) restores upright faces: 1 pass, or 2 (mirrored "
+            "too); turned upside down or on their side they are not faces to it."
+        )
     if request.fix_scratches:
         raise EngineError(
             f"{info.name} ({info.architecture}) cannot find or fill scratches; Studio's "
@@ -381,7 +390,44 @@ def _restorer_for(model: Any, info: Any, request: RestoreRequest) -> _Restorer:
             f"{info.name} ({info.architecture}) gives one answer per photo; variations are drawn "
             "from the restoration VAE's latent. Set variations to 1."
         )
-    return _restore_with_spandrel
+    return _restore_faces if info.faces else _restore_with_spandrel
+
+
+def _restore_faces(
+    model: Any,
+    info: Any,
+    picture: Picture,
+    mask: np.ndarray | None,
+    request: RestoreRequest,
+    tile: int,
+    progress: Progress,
+    cancelled: CancelCheck,
+) -> _Outcome:
+    import torch
+
+    from studio.engines.faces import restore_faces
+    from studio.engines.tiling import dihedral_mean
+
+    colour, _alpha = _split_alpha(picture.pixels)
+    rgb = np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour
+
+    def network(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(batch)
+
+    net = dihedral_mean(network, request.ensemble, cancelled)
+
+    def restore_crop(crop: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).unsqueeze(0)
+        out = net(batch.to(device=model.device, dtype=model.dtype))
+        return out[0].float().permute(1, 2, 0).cpu().numpy()
+
+    restored, faces = restore_faces(rgb, restore_crop, _share(progress, 0, 1), cancelled)
+    restored = rgb + request.denoise * (restored - rgb)
+    if colour.shape[2] == 1:
+        restored = restored.mean(axis=2, keepdims=True)
+    found = f"{len(faces)} face{'s' if len(faces) != 1 else ''} restored"
+    return _Outcome([restored], notes=(found if faces else "no faces found; photo unchanged",))
 
 
 def _restore_with_spandrel(
@@ -546,6 +592,7 @@ class _VAEPasses:
         return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
 
     def _network(self, batch: Any) -> Any:
+        """The bare network on a batch of planes: what the passes average."""
         import torch
 
         with torch.inference_mode():

@@ -104,6 +104,7 @@ class ModelInfo:
     purpose: str
     tiling: str = "supported"  # "supported" | "discouraged" | "internal" (spandrel's advice)
     tags: tuple[str, ...] = ()
+    faces: bool = False  # restores aligned 512 px face crops (GFPGAN, RestoreFormer), not photos
 
     @property
     def channels_last(self) -> bool:
@@ -204,6 +205,7 @@ def _describe(file: Path, descriptor: ImageModelDescriptor, sha256: str) -> Mode
         purpose="upscale" if descriptor.scale > 1 else "restore",
         tiling=_TILING_ADVICE[descriptor.tiling],
         tags=tuple(descriptor.tags),
+        faces=descriptor.purpose == "FaceSR",
     )
 
 
