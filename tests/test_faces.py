@@ -2,15 +2,17 @@
 rest of the photo untouched."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from tiny_models import make_restoreformer
 
 from studio.engines.base import Cancelled, EngineError
 from studio.engines.faces import FACE_SIZE, TEMPLATE_EYES, find_faces, restore_faces
-from studio.engines.restore import RestoreRequest, run
+from studio.engines.restore import RestoreRequest, face_network, run
 from studio.models.upscalers import inspect_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -62,11 +64,11 @@ def test_only_the_face_is_replaced_and_the_crop_goes_back_where_it_came_from():
     pixels = portrait()
     crops = []
 
-    def negative(crop: np.ndarray) -> np.ndarray:  # a "restoration" anyone can see
+    def recorded(crop: np.ndarray) -> np.ndarray:
         crops.append(crop)
-        return 1 - crop
+        return negative(crop)
 
-    restored, faces = restore_faces(pixels, negative, lambda *a: None, lambda: False)
+    restored, faces = restore_faces(pixels, recorded, lambda *a: None, lambda: False)
     assert len(crops) == 1 and crops[0].shape == (FACE_SIZE, FACE_SIZE, 3)
     x, y, w, h = faces[0].box
     changed = np.abs(restored - pixels).max(axis=2) > 1 / 255
@@ -100,14 +102,75 @@ def test_a_face_model_on_a_photo_without_faces_says_so(tmp_path, face_model):
     path = tmp_path / "field.png"
     Image.fromarray(np.full((64, 96, 3), 120, np.uint8)).save(path)
     result = run(RestoreRequest(str(path), str(face_model), device="cpu"))
-    assert result.notes == ("no faces found; photo unchanged",)
+    assert result.notes == ("no faces found",)
     np.testing.assert_array_equal(result.pictures[0].pixels, np.float32(120 / 255))
 
 
+def two_faces() -> np.ndarray:
+    """The portrait's face cut out and set twice side by side, 120 px apart: the two crops
+    overlap, the two faces do not."""
+    face = portrait()[:, 120:240]
+    return np.ascontiguousarray(np.concatenate([face, face], axis=1))
+
+
+def negative(crop: np.ndarray) -> np.ndarray:  # a "restoration" anyone can see
+    return 1 - crop
+
+
+def test_a_neighbouring_face_does_not_overwrite_one_restored_before_it():
+    pixels = two_faces()
+    restored, faces = restore_faces(pixels, negative, lambda *a: None, lambda: False)
+    assert len(faces) == 2
+    for face in faces:
+        x, y, w, h = face.box
+        centre = (slice(y + h // 3, y + 2 * h // 3), slice(x + w // 3, x + 2 * w // 3))
+        np.testing.assert_allclose(restored[centre], 1 - pixels[centre], atol=0.06)
+
+
+def test_a_face_larger_than_the_crop_keeps_its_own_detail_where_the_model_changes_nothing():
+    large = Image.open(PORTRAIT).resize((1536, 1536), Image.Resampling.LANCZOS)
+    pixels = np.asarray(large, np.float32) / 255
+    pixels = np.clip(pixels + np.random.default_rng(0).normal(0, 0.03, pixels.shape), 0, 1)
+    restored, faces = restore_faces(pixels, lambda crop: crop, lambda *a: None, lambda: False)
+    assert len(faces) == 1 and faces[0].box[2] > FACE_SIZE / 2
+    np.testing.assert_array_equal(restored, pixels.astype(np.float32))
+
+
 def test_cancelling_stops_before_the_next_face():
-    calls = []
+    crops = []
+
+    def restore(crop):
+        crops.append(crop)
+        return crop
+
     with pytest.raises(Cancelled):
-        restore_faces(
-            portrait(), lambda crop: calls.append(1) or crop, lambda *a: None, lambda: True
-        )
-    assert calls == []
+        restore_faces(two_faces(), restore, lambda *a: None, lambda: bool(crops))
+    assert len(crops) == 1
+
+
+class FakeGFPGAN:
+    """Stands in for spandrel's GFPGAN network: records what it is given, answers mid-grey in
+    its own [-1, 1] range."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, batch, return_rgb):
+        self.seen.append(batch)
+        return torch.zeros_like(batch), None
+
+
+def test_gfpgan_is_given_and_read_in_its_own_range_and_is_seeded():
+    fake = FakeGFPGAN()
+    descriptor = SimpleNamespace(model=fake)
+    batch = torch.tensor([0.0, 0.25, 1.0]).reshape(1, 3, 1, 1)
+    out = face_network(descriptor, "GFPGAN", seed=3)(batch)
+    torch.testing.assert_close(fake.seen[0].flatten(), torch.tensor([-1.0, -0.5, 1.0]))
+    torch.testing.assert_close(out, torch.full_like(batch, 0.5))  # its 0 is mid-grey
+
+    def noisy(batch):
+        return batch + torch.rand_like(batch)
+
+    first = face_network(noisy, "RestoreFormer", seed=3)(batch)
+    torch.testing.assert_close(first, face_network(noisy, "RestoreFormer", seed=3)(batch))
+    assert not torch.equal(first, face_network(noisy, "RestoreFormer", seed=4)(batch))

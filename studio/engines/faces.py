@@ -27,15 +27,19 @@ FACE_SIZE = 512
 TEMPLATE_EYES = np.array([[192.98, 239.95], [318.90, 240.19]], np.float32)
 DETECT_SIDE = 1024  # faces are searched for on the photo shrunk to this long side at most
 MIN_FACE = 24  # px on that picture: smaller boxes are texture more often than faces
-# The face cascade's confidence (level weight) a box needs: any, where both eyes are found in it;
-# EYELESS_CONFIDENCE where not. On 4 sizes of a portrait and 42 landscapes, boxes with no face
-# in them scored at most 5.4 (window blinds, a sunlit path) and never had eyes; the portrait's
-# face, too small for the eye cascade at 256 px, scored 7.2.
+# The face cascade's confidence (level weight) a box needs: any positive one where both eyes are
+# found in it, EYELESS_CONFIDENCE where not. `bench/faces.py`: the test portrait resized to
+# 160-768 px is kept from 256 px up (a 54 px face box) and missed below (31-46 px boxes, no eyes
+# found, confidence 3.2-5.7); on Debian's landscapes the cascade's 22 boxes (none a face) reach
+# 5.54, none with eyes, none kept. The threshold was chosen on these same pictures.
 EYELESS_CONFIDENCE = 6.0
 # Where a frontal-face box's eyes sit when the eye cascade does not find them (fractions of the
 # box; the test portrait's, as the eye cascade found them: 0.26/0.36 and 0.75/0.38).
 BOX_EYES = ((0.27, 0.37), (0.73, 0.37))
 FEATHER = FACE_SIZE // 16  # px of the crop over which a pasted face fades into the photo
+# The oval that goes back, in the crop: the template's eyes are at y 240, its mouth at 371.
+FACE_OVAL_CENTRE = (256, 280)
+FACE_OVAL_AXES = (200, 235)
 CASCADES = Path(__file__).resolve().parent.parent / "assets" / "faces"
 
 
@@ -53,6 +57,7 @@ class Face:
 
 @cache
 def _cascade(name: str) -> cv2.CascadeClassifier:
+    """One of the shipped cascades, read once."""
     classifier = cv2.CascadeClassifier(str(CASCADES / name))
     if classifier.empty():
         raise RuntimeError(f"OpenCV could not read the face cascade {CASCADES / name}")
@@ -87,6 +92,7 @@ def find_faces(pixels: np.ndarray) -> list[Face]:
 
 
 def _grey(pixels: np.ndarray) -> np.ndarray:
+    """8-bit luma, what the cascades were trained on."""
     colour = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
     grey = colour.mean(axis=2) if colour.shape[2] == 1 else colour @ [0.299, 0.587, 0.114]
     return (np.clip(grey, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -110,6 +116,7 @@ def _eyes(face: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]] |
 
 
 def _box_eyes(w: int, h: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Where a level face's eyes usually sit in its box: the guess when the eyes are not found."""
     (lx, ly), (rx, ry) = BOX_EYES
     return (lx * w, ly * h), (rx * w, ry * h)
 
@@ -133,33 +140,69 @@ def restore_faces(
     cancelled: CancelCheck,
 ) -> tuple[np.ndarray, list[Face]]:
     """Every face in an (H, W, 3) float picture restored by `restore_crop` (a 512x512x3 aligned
-    face -> the same, restored) and pasted back; the faces, as found."""
-    faces = find_faces(pixels)
+    face -> the same, restored); the faces, as found.
+
+    Only the model's change goes back, warped onto the photo: where the model changes nothing,
+    a face larger than the crop keeps all its own detail. It goes back under a feathered oval
+    around the face (not the crop's square), so the next face pasted does not overwrite this
+    one with its view of it as background."""
     result = pixels.astype(np.float32)  # a copy: the input is never written to
-    height, width = pixels.shape[:2]
-    feather = _feather_mask()
+    faces = find_faces(result)
+    oval = _face_oval()
     for k, face in enumerate(faces):
         if cancelled():
             raise Cancelled
         progress(k / len(faces), f"Face {k + 1}/{len(faces)}")
         forward = face.alignment()
-        crop = cv2.warpAffine(
-            pixels, forward, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_CUBIC,
-            borderMode=cv2.BORDER_REFLECT_101,
-        )  # fmt: skip
-        restored = np.clip(restore_crop(np.clip(crop, 0, 1)), 0, 1)
+        crop = _aligned_crop(result, forward)
+        change = np.clip(restore_crop(crop), 0, 1).astype(np.float32) - crop
+        x0, y0, x1, y1 = _footprint(forward, result.shape[:2])
+        if x1 <= x0 or y1 <= y0:
+            continue
         back = cv2.invertAffineTransform(forward)
-        face_pixels = cv2.warpAffine(
-            restored, back, (width, height), flags=cv2.INTER_CUBIC,
-            borderMode=cv2.BORDER_REFLECT_101,
-        )  # fmt: skip
-        weight = cv2.warpAffine(feather, back, (width, height), flags=cv2.INTER_LINEAR)[..., None]
-        result = result + weight * (face_pixels - result)
+        back[:, 2] -= (x0, y0)  # onto the footprint's own pixels
+        size = (x1 - x0, y1 - y0)
+        delta = cv2.warpAffine(change, back, size, flags=cv2.INTER_CUBIC)
+        weight = cv2.warpAffine(oval, back, size, flags=cv2.INTER_LINEAR)[..., None]
+        result[y0:y1, x0:x1] += weight * delta
     return np.clip(result, 0, 1, out=result), faces
 
 
-def _feather_mask() -> np.ndarray:
-    """1 over the crop, falling to 0 over FEATHER px at its edges (a raised cosine)."""
+def _aligned_crop(pixels: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """The 512 px crop `forward` maps the photo onto, from the photo smoothed first where the
+    crop shrinks it (a face larger than the crop would alias otherwise)."""
+    x0, y0, x1, y1 = _footprint(forward, pixels.shape[:2])
+    region = pixels[y0:y1, x0:x1]
+    scale = math.sqrt(abs(float(np.linalg.det(forward[:, :2]))))
+    if scale < 1:
+        region = cv2.GaussianBlur(region, (0, 0), 0.5 * math.sqrt(1 / scale**2 - 1))
+    shifted = forward.copy()
+    shifted[:, 2] += forward[:, :2] @ np.array([x0, y0], np.float32)
+    crop = cv2.warpAffine(
+        region, shifted, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )  # fmt: skip
+    return np.clip(crop, 0, 1)
+
+
+def _footprint(forward: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The photo's pixels the crop covers (x0, y0, x1, y1), with a margin for interpolation and
+    cut to the photo: only these are warped, however large the photo."""
+    back = cv2.invertAffineTransform(forward)
+    corners = np.array([[0, 0], [FACE_SIZE, 0], [0, FACE_SIZE], [FACE_SIZE, FACE_SIZE]], np.float32)
+    points = corners @ back[:, :2].T + back[:, 2]
+    (left, top), (right, bottom) = points.min(axis=0), points.max(axis=0)
+    height, width = shape
+    x0, y0 = max(0, math.floor(left) - 4), max(0, math.floor(top) - 4)
+    return x0, y0, min(width, math.ceil(right) + 4), min(height, math.ceil(bottom) + 4)
+
+
+def _face_oval() -> np.ndarray:
+    """Where a restored face goes back, in the crop: an oval over the template's face and hair,
+    its edge feathered over about FEATHER px, zero along the crop's border."""
+    oval = np.zeros((FACE_SIZE, FACE_SIZE), np.float32)
+    cv2.ellipse(oval, FACE_OVAL_CENTRE, FACE_OVAL_AXES, 0, 0, 360, 1.0, -1, cv2.LINE_AA)
+    oval = cv2.GaussianBlur(oval, (0, 0), FEATHER / 3)
     ramp = np.minimum(np.arange(FACE_SIZE), np.arange(FACE_SIZE)[::-1]).astype(np.float32)
-    ramp = 0.5 - 0.5 * np.cos(np.pi * np.clip(ramp / FEATHER, 0, 1))
-    return np.outer(ramp, ramp).astype(np.float32)
+    ramp = np.clip(ramp / FEATHER, 0, 1)
+    return (oval * np.outer(ramp, ramp)).astype(np.float32)

@@ -255,6 +255,7 @@ def run(
             f"{info.name} is a x{info.scale} upscaler ({info.architecture}); it enlarges rather "
             "than restores. Use it in the Upscale tab, or choose a x1 restoration model."
         )
+    _refuse_what_it_cannot_do(info, request)  # before loading: a face model is 350 MB
     picture = load_picture(request.input_path)
     mask = load_mask(request.mask_path, picture) if request.mask_path else None
     device, choice = placement(info, request.device, request.precision)
@@ -375,6 +376,15 @@ def _restorer_for(model: Any, info: Any, request: RestoreRequest) -> _Restorer:
 
     if isinstance(model.model, RestoreVAE):
         return _restore_with_vae
+    return _restore_faces if info.faces else _restore_with_spandrel
+
+
+def _refuse_what_it_cannot_do(info: Any, request: RestoreRequest) -> None:
+    """Clear errors for what only Studio's VAE does, and for passes a face model cannot use."""
+    from studio.nn.restore_vae import ARCHITECTURE_ID
+
+    if info.architecture == ARCHITECTURE_ID:
+        return
     if info.faces and request.ensemble > 2:
         raise EngineError(
             f"{info.name} ({info.architecture}) restores upright faces: 1 pass, or 2 (mirrored "
@@ -390,7 +400,6 @@ def _restorer_for(model: Any, info: Any, request: RestoreRequest) -> _Restorer:
             f"{info.name} ({info.architecture}) gives one answer per photo; variations are drawn "
             "from the restoration VAE's latent. Set variations to 1."
         )
-    return _restore_faces if info.faces else _restore_with_spandrel
 
 
 def _restore_faces(
@@ -411,10 +420,7 @@ def _restore_faces(
     colour, _alpha = _split_alpha(picture.pixels)
     rgb = np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour
 
-    def network(batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return model(batch)
-
+    network = face_network(model, info.architecture, request.seed)
     net = dihedral_mean(network, request.ensemble, cancelled)
 
     def restore_crop(crop: np.ndarray) -> np.ndarray:
@@ -427,7 +433,27 @@ def _restore_faces(
     if colour.shape[2] == 1:
         restored = restored.mean(axis=2, keepdims=True)
     found = f"{len(faces)} face{'s' if len(faces) != 1 else ''} restored"
-    return _Outcome([restored], notes=(found if faces else "no faces found; photo unchanged",))
+    return _Outcome([restored], notes=(found if faces else "no faces found",))
+
+
+def face_network(model: Any, architecture: str, seed: int) -> Callable[[Any], Any]:
+    """A face model as a function of a [0, 1] batch, seeded (GFPGAN's decoder draws noise).
+
+    spandrel 0.4's GFPGAN passes [0, 1] straight into a network trained on [-1, 1] and clips its
+    [-1, 1] output to [0, 1], losing everything below mid-grey, so GFPGAN is called directly and
+    scaled both ways, as GFPGAN's own inference does (RestoreFormer's spandrel wrapper scales)."""
+    import torch
+
+    def network(batch: torch.Tensor) -> torch.Tensor:
+        devices = [batch.device] if batch.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            torch.manual_seed(seed)
+            if architecture == "GFPGAN":
+                out = model.model(batch * 2 - 1, return_rgb=False)[0]
+                return ((out + 1) / 2).clamp(0, 1)
+            return model(batch)
+
+    return network
 
 
 def _restore_with_spandrel(

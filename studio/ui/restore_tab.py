@@ -43,6 +43,12 @@ from studio.ui.output_widgets import SeedRow, choose_passes, format_widgets, pas
 from studio.ui.tool_tab import ToolTab
 
 MIN_TILE = 64  # the engine's smallest restore tile (studio.engines.restore.MIN_TILE)
+VAE_ARCHITECTURE = "StudioRestoreVAE"  # studio.nn.restore_vae.ARCHITECTURE_ID
+FACE_PASSES = 2  # a face model sees upright faces: as they are, and mirrored
+MASK_HINT = (
+    "Red = filled by the next run. The first run detects scratches and dust; paint more or "
+    "erase, then Restore again. Clear to detect again."
+)
 MAX_SEED = 2**32 - 1
 MAX_VARIATIONS = 8
 
@@ -156,10 +162,7 @@ class RestoreTab(ToolTab):
         self.mask_canvas = MaskCanvas(placeholder="Open a photo to paint its damage mask")
         self.mask_toolbar = MaskToolbar(self.mask_canvas)
         self.mask_toolbar.failed.connect(self.window_.notifications.error)
-        self.mask_hint = QLabel(
-            "Red = filled by the next run. The first run detects scratches and dust; paint "
-            "more or erase, then Restore again. Clear to detect again."
-        )
+        self.mask_hint = QLabel(MASK_HINT)
         self.mask_hint.setWordWrap(True)
         mask_page = QWidget()
         mask_column = QVBoxLayout(mask_page)
@@ -210,7 +213,7 @@ class RestoreTab(ToolTab):
         from studio.engines.restore import RestoreRequest
 
         settings = self.window_.ctx.settings
-        fix = self.scratches_check.isChecked()
+        fix = self.scratches_check.isChecked() and self._runs_vae()
         return RestoreRequest(
             input_path=str(self.input_path),
             model_path=str(self.model_combo.currentData()),
@@ -223,7 +226,7 @@ class RestoreTab(ToolTab):
             tile=0 if self.tile_spin.value() <= 0 else max(self.tile_spin.value(), MIN_TILE),
             ensemble=int(self.ensemble_combo.currentData()),
             seed=int(self.seed_spin.value()),
-            variations=self.variations_spin.value(),
+            variations=self.variations_spin.value() if self._runs_vae() else 1,
             output_format=self.format_combo.currentText(),
             quality=self.quality_spin.value(),
             device=settings.device,
@@ -348,6 +351,24 @@ class RestoreTab(ToolTab):
     def _sync_enabled(self) -> None:
         ready = self.input_path is not None and self.model_combo.currentData() is not None
         self.run_button.setEnabled(ready)
+        vae = self._runs_vae()
+        for control in (self.scratches_check, self.inpaint_edit, self.variations_spin):
+            control.setEnabled(vae)
+        self.seed_row.setEnabled(vae)
+        self.mask_hint.setText(MASK_HINT if vae else f"{MASK_HINT} (Studio's VAE only.)")
+        faces = self.model_info is not None and self.model_info.faces
+        passes = self.ensemble_combo.model()
+        for row in range(self.ensemble_combo.count()):
+            upright = int(self.ensemble_combo.itemData(row)) <= FACE_PASSES
+            passes.item(row).setEnabled(upright or not faces)
+        if faces and int(self.ensemble_combo.currentData()) > FACE_PASSES:
+            choose_passes(self.ensemble_combo, FACE_PASSES)
+
+    def _runs_vae(self) -> bool:
+        """Whether the chosen model is Studio's VAE: only it finds and fills scratches and
+        draws variations (a model not inspected yet counts as it: the built-in one is first)."""
+        info = self.model_info
+        return info is None or info.architecture == VAE_ARCHITECTURE
 
 
 def _fraction_slider(value: float, tip: str) -> QLabeledDoubleSlider:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from PySide6.QtCore import QPointF
-from tiny_models import make_compact, make_restore_vae
+from tiny_models import make_compact, make_drunet, make_restore_vae, make_restoreformer
 
 from studio.app.jobs import JobState
 from studio.ui.main_window import MainWindow
@@ -151,3 +151,29 @@ def test_an_upscaler_is_refused_with_a_pointer_to_the_upscale_tab(window, tab, q
     tab.set_model(upscaler)
     qtbot.waitUntil(lambda: "Upscale tab" in window.notifications.text(), timeout=20_000)
     assert tab.model_info is None
+
+
+def test_the_controls_follow_what_the_chosen_model_can_do(window, tab, qtbot, tmp_path, vae):
+    tab.ensemble_combo.setCurrentIndex(tab.ensemble_combo.findData(8))
+    tab.set_model(make_drunet(tmp_path / "drunet.safetensors"))
+    qtbot.waitUntil(lambda: getattr(tab.model_info, "architecture", "") == "DRUNet", timeout=20_000)
+    assert not tab.scratches_check.isEnabled() and not tab.variations_spin.isEnabled()
+    request = tab.build_request()  # the scratches box is still ticked, but not for this model
+    assert request.fix_scratches is False and request.variations == 1 and request.ensemble == 8
+
+    tab.set_model(make_restoreformer(tmp_path / "restoreformer.pth"))
+    qtbot.waitUntil(lambda: getattr(tab.model_info, "faces", False), timeout=20_000)
+    assert tab.ensemble_combo.currentData() == 2  # upright faces: as they are and mirrored
+    offered = [
+        tab.ensemble_combo.itemData(row)
+        for row in range(tab.ensemble_combo.count())
+        if tab.ensemble_combo.model().item(row).isEnabled()
+    ]
+    assert offered == [1, 2]
+
+    tab.set_model(vae)
+    qtbot.waitUntil(
+        lambda: getattr(tab.model_info, "architecture", "") == "StudioRestoreVAE", timeout=20_000
+    )
+    assert tab.scratches_check.isEnabled() and tab.build_request().fix_scratches
+    assert all(tab.ensemble_combo.model().item(r).isEnabled() for r in range(4))

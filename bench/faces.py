@@ -1,0 +1,100 @@
+"""How the face finder's threshold sits: the test portrait at many sizes against landscapes.
+
+    python bench/faces.py [--data DIR ...]
+
+The face cascade gives each box a confidence. A box in which the eye cascade finds both eyes is
+kept at any positive confidence; one without needs `faces.EYELESS_CONFIDENCE`. This prints, for
+the shipped test portrait (`tests/data/portrait.jpg`) resized to 160-768 px by OpenCV's area
+filter and by Lanczos, whether its face is found, with its eyes or not, and its confidence; then
+for every photo in the folders (Debian's landscapes by default: no faces) the boxes the cascade
+reports and the most confident of them, and how many Studio would keep (all of them are false).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from studio.engines import faces
+
+PORTRAIT = Path(__file__).resolve().parents[1] / "tests" / "data" / "portrait.jpg"
+PHOTO_FOLDERS = ("/usr/share/backgrounds", "/usr/share/backgrounds/mate/nature")
+
+
+def boxes(pixels: np.ndarray) -> list[tuple[int, float, bool]]:
+    """(width, confidence, eyes found) of every box the face cascade reports, as find_faces
+    sees the picture."""
+    grey = faces._grey(pixels)
+    shrink = min(1.0, faces.DETECT_SIDE / max(grey.shape))
+    small = cv2.equalizeHist(
+        cv2.resize(grey, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+    )
+    found, _levels, confidences = faces._cascade(
+        "haarcascade_frontalface_default.xml"
+    ).detectMultiScale3(
+        small, scaleFactor=1.1, minNeighbors=5, minSize=(faces.MIN_FACE, faces.MIN_FACE),
+        outputRejectLevels=True,
+    )  # fmt: skip
+    return [
+        (int(w), float(c), faces._eyes(small[y : y + h, x : x + w]) is not None)
+        for (x, y, w, h), c in zip(found, confidences, strict=True)
+    ]
+
+
+def kept(box: tuple[int, float, bool]) -> bool:
+    _width, confidence, eyes = box
+    return confidence > 0 and (eyes or confidence >= faces.EYELESS_CONFIDENCE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", action="append", help="folders of photos without faces")
+    args = parser.parse_args(argv)
+    portrait = Image.open(PORTRAIT).convert("RGB")
+    print(f"threshold without eyes: {faces.EYELESS_CONFIDENCE}\n\nportrait (one face):")
+    print("| side px | resampling | face box px | confidence | eyes found | kept |")
+    print("|---|---|---|---|---|---|")
+    for side in range(160, 769, 32):
+        for name, resample in (("area", None), ("Lanczos", Image.Resampling.LANCZOS)):
+            if resample is None:
+                source = np.asarray(portrait)
+                size = (side, side)
+                pixels = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
+            else:
+                pixels = np.asarray(portrait.resize((side, side), resample))
+            found = boxes(pixels.astype(np.float32) / 255)
+            face = max(found, default=None, key=lambda b: b[1])
+            if face is None:
+                print(f"| {side} | {name} | none | | | no |")
+                continue
+            width, confidence, eyes = face
+            print(f"| {side} | {name} | {width} | {confidence:.2f} | {eyes} | {kept(face)} |")
+    print("\nphotos without faces:")
+    total = kept_count = 0
+    highest = -np.inf
+    for folder in args.data or PHOTO_FOLDERS:
+        for path in sorted(Path(folder).glob("*.jp*g")):
+            image = Image.open(path).convert("RGB")
+            found = boxes(np.asarray(image, np.float32) / 255)
+            total += len(found)
+            kept_count += sum(kept(b) for b in found)
+            if found:
+                best = max(b[1] for b in found)
+                highest = max(highest, best)
+                eyes = sum(b[2] for b in found)
+                print(f"  {path.name}: {len(found)} boxes, best {best:.2f}, {eyes} with eyes")
+    print(
+        f"\n{total} boxes on photos without faces, most confident {highest:.2f}; kept: {kept_count}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
