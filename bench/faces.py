@@ -1,4 +1,4 @@
-"""How the face finder's threshold sits: the test portrait at many sizes against landscapes.
+"""How the face finder's threshold sits: the test portrait at many sizes against wallpapers.
 
     python bench/faces.py [--data DIR ...]
 
@@ -6,8 +6,10 @@ The face cascade gives each box a confidence. A box in which the eye cascade fin
 kept at any positive confidence; one without needs `faces.EYELESS_CONFIDENCE`. This prints, for
 the shipped test portrait (`tests/data/portrait.jpg`) resized to 160-768 px by OpenCV's area
 filter and by Lanczos, whether its face is found, with its eyes or not, and its confidence; then
-for every photo in the folders (Debian's landscapes by default: no faces) the boxes the cascade
-reports and the most confident of them, and how many Studio would keep (all of them are false).
+for every photo in the folders (by default the wallpapers of Debian's mate-backgrounds and
+lomiri-wallpapers packages: no faces) the boxes the cascade reports and the most confident of
+them, and how many Studio would keep (all of them are false). Per portrait size it prints the
+most confident box.
 """
 
 from __future__ import annotations

@@ -124,7 +124,8 @@ def test_a_neighbouring_face_does_not_overwrite_one_restored_before_it():
     for face in faces:
         x, y, w, h = face.box
         centre = (slice(y + h // 3, y + 2 * h // 3), slice(x + w // 3, x + 2 * w // 3))
-        np.testing.assert_allclose(restored[centre], 1 - pixels[centre], atol=0.06)
+        # the negative (blurred a little on the way back to a face this small), not overwritten
+        assert np.abs(restored[centre] - (1 - pixels[centre])).mean() < 0.05
 
 
 def test_a_face_larger_than_the_crop_keeps_its_own_detail_where_the_model_changes_nothing():
@@ -134,6 +135,41 @@ def test_a_face_larger_than_the_crop_keeps_its_own_detail_where_the_model_change
     restored, faces = restore_faces(pixels, lambda crop: crop, lambda *a: None, lambda: False)
     assert len(faces) == 1 and faces[0].box[2] > FACE_SIZE / 2
     np.testing.assert_array_equal(restored, pixels.astype(np.float32))
+
+
+def test_detail_too_fine_for_a_small_face_does_not_come_back_as_moire():
+    pixels = portrait()  # eyes 35 px apart: the crop is 3.7 times larger than the face
+    _y, x = np.mgrid[0:FACE_SIZE, 0:FACE_SIZE]
+    fine = 0.07 * np.cos(2 * np.pi * x / 3)[..., None].astype(np.float32)  # a 3 px period
+
+    def texture(crop: np.ndarray) -> np.ndarray:
+        return crop + fine
+
+    restored, faces = restore_faces(pixels, texture, lambda *a: None, lambda: False)
+    fx, fy, w, h = faces[0].box
+    inner = (slice(fy + h // 4, fy + 3 * h // 4), slice(fx + w // 4, fx + 3 * w // 4))
+    change = (restored - pixels)[inner]
+    assert np.abs(change).std() < 0.1 * 0.07  # mostly gone, as it should be at this size
+    coarse = 0.07 * np.cos(2 * np.pi * x / 64)[..., None].astype(np.float32)
+    restored, _ = restore_faces(pixels, lambda crop: crop + coarse, lambda *a: None, lambda: False)
+    assert np.abs(restored - pixels)[inner].std() > 0.3 * 0.07  # while coarse detail survives
+
+
+def test_a_face_larger_than_the_crop_is_smoothed_before_the_model_sees_it():
+    large = Image.open(PORTRAIT).resize((2560, 2560), Image.Resampling.LANCZOS)  # eyes 230 px
+    pixels = np.asarray(large, np.float32) / 255
+    checks = 0.1 * ((np.indices(pixels.shape[:2]).sum(axis=0) % 2) * 2 - 1)[..., None]
+    crops = []
+
+    def seen(crop):
+        crops.append(crop)
+        return crop
+
+    restore_faces(np.clip(pixels + checks, 0, 1), seen, lambda *a: None, lambda: False)
+    restore_faces(pixels, seen, lambda *a: None, lambda: False)
+    aliased = crops[0] - crops[1]  # the 2 px checks, as the crop shows them
+    # not a false pattern in the face (0.031 measured without the smoothing, 0.015 with it)
+    assert np.abs(aliased[128:384, 128:384]).std() < 0.022
 
 
 def test_cancelling_stops_before_the_next_face():
@@ -167,6 +203,19 @@ def test_gfpgan_is_given_and_read_in_its_own_range_and_is_seeded():
     out = face_network(descriptor, "GFPGAN", seed=3)(batch)
     torch.testing.assert_close(fake.seen[0].flatten(), torch.tensor([-1.0, -0.5, 1.0]))
     torch.testing.assert_close(out, torch.full_like(batch, 0.5))  # its 0 is mid-grey
+
+    class NoisyGFPGAN:  # its decoder draws noise, as GFPGAN's does
+        def __call__(self, batch, return_rgb):
+            return batch + 0.1 * torch.randn_like(batch), None
+
+    gfpgan = SimpleNamespace(model=NoisyGFPGAN())
+    torch.manual_seed(0)
+    untouched = torch.rand(1)
+    torch.manual_seed(0)
+    once = face_network(gfpgan, "GFPGAN", seed=3)(batch)
+    assert torch.equal(torch.rand(1), untouched)  # the caller's generator is left as it was
+    torch.testing.assert_close(once, face_network(gfpgan, "GFPGAN", seed=3)(batch))
+    assert not torch.equal(once, face_network(gfpgan, "GFPGAN", seed=4)(batch))
 
     def noisy(batch):
         return batch + torch.rand_like(batch)

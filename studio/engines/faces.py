@@ -30,8 +30,9 @@ MIN_FACE = 24  # px on that picture: smaller boxes are texture more often than f
 # The face cascade's confidence (level weight) a box needs: any positive one where both eyes are
 # found in it, EYELESS_CONFIDENCE where not. `bench/faces.py`: the test portrait resized to
 # 160-768 px is kept from 256 px up (a 54 px face box) and missed below (31-46 px boxes, no eyes
-# found, confidence 3.2-5.7); on Debian's landscapes the cascade's 22 boxes (none a face) reach
-# 5.54, none with eyes, none kept. The threshold was chosen on these same pictures.
+# found, confidence 3.2-5.7); on the wallpapers of Debian's mate-backgrounds and lomiri-wallpapers
+# packages (no faces) the cascade's 22 boxes reach 5.54, none with eyes, none kept. The threshold
+# was chosen on these same pictures.
 EYELESS_CONFIDENCE = 6.0
 # Where a frontal-face box's eyes sit when the eye cascade does not find them (fractions of the
 # box; the test portrait's, as the eye cascade found them: 0.26/0.36 and 0.75/0.38).
@@ -156,9 +157,10 @@ def restore_faces(
         forward = face.alignment()
         crop = _aligned_crop(result, forward)
         change = np.clip(restore_crop(crop), 0, 1).astype(np.float32) - crop
+        shrink = _scale(forward)  # crop pixels per photo pixel
+        if shrink > 1:  # detail finer than the photo's pixels would come back as moiré
+            change = cv2.GaussianBlur(change, (0, 0), _antialias_sigma(shrink))
         x0, y0, x1, y1 = _footprint(forward, result.shape[:2])
-        if x1 <= x0 or y1 <= y0:
-            continue
         back = cv2.invertAffineTransform(forward)
         back[:, 2] -= (x0, y0)  # onto the footprint's own pixels
         size = (x1 - x0, y1 - y0)
@@ -171,11 +173,12 @@ def restore_faces(
 def _aligned_crop(pixels: np.ndarray, forward: np.ndarray) -> np.ndarray:
     """The 512 px crop `forward` maps the photo onto, from the photo smoothed first where the
     crop shrinks it (a face larger than the crop would alias otherwise)."""
-    x0, y0, x1, y1 = _footprint(forward, pixels.shape[:2])
+    scale = _scale(forward)
+    sigma = _antialias_sigma(1 / scale) if scale < 1 else 0.0
+    x0, y0, x1, y1 = _footprint(forward, pixels.shape[:2], margin=4 + math.ceil(3 * sigma))
     region = pixels[y0:y1, x0:x1]
-    scale = math.sqrt(abs(float(np.linalg.det(forward[:, :2]))))
-    if scale < 1:
-        region = cv2.GaussianBlur(region, (0, 0), 0.5 * math.sqrt(1 / scale**2 - 1))
+    if sigma > 0:
+        region = cv2.GaussianBlur(region, (0, 0), sigma)
     shifted = forward.copy()
     shifted[:, 2] += forward[:, :2] @ np.array([x0, y0], np.float32)
     crop = cv2.warpAffine(
@@ -185,16 +188,29 @@ def _aligned_crop(pixels: np.ndarray, forward: np.ndarray) -> np.ndarray:
     return np.clip(crop, 0, 1)
 
 
-def _footprint(forward: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The photo's pixels the crop covers (x0, y0, x1, y1), with a margin for interpolation and
-    cut to the photo: only these are warped, however large the photo."""
+def _scale(forward: np.ndarray) -> float:
+    """How many crop pixels one photo pixel becomes."""
+    return math.sqrt(abs(float(np.linalg.det(forward[:, :2]))))
+
+
+def _antialias_sigma(shrink: float) -> float:
+    """The Gaussian blur (in the larger picture's pixels) that leaves about half a pixel of
+    blur after shrinking `shrink` times: what keeps finer detail from aliasing."""
+    return 0.5 * math.sqrt(shrink**2 - 1)
+
+
+def _footprint(
+    forward: np.ndarray, shape: tuple[int, int], margin: int = 4
+) -> tuple[int, int, int, int]:
+    """The photo's pixels the crop covers (x0, y0, x1, y1), with a `margin` for interpolation
+    (and smoothing) and cut to the photo: only these are warped, however large the photo."""
     back = cv2.invertAffineTransform(forward)
     corners = np.array([[0, 0], [FACE_SIZE, 0], [0, FACE_SIZE], [FACE_SIZE, FACE_SIZE]], np.float32)
     points = corners @ back[:, :2].T + back[:, 2]
     (left, top), (right, bottom) = points.min(axis=0), points.max(axis=0)
     height, width = shape
-    x0, y0 = max(0, math.floor(left) - 4), max(0, math.floor(top) - 4)
-    return x0, y0, min(width, math.ceil(right) + 4), min(height, math.ceil(bottom) + 4)
+    x0, y0 = max(0, math.floor(left) - margin), max(0, math.floor(top) - margin)
+    return x0, y0, min(width, math.ceil(right) + margin), min(height, math.ceil(bottom) + margin)
 
 
 def _face_oval() -> np.ndarray:

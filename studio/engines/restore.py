@@ -445,8 +445,10 @@ def face_network(model: Any, architecture: str, seed: int) -> Callable[[Any], An
     import torch
 
     def network(batch: torch.Tensor) -> torch.Tensor:
-        devices = [batch.device] if batch.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        kind = batch.device.type  # the generator of the device it runs on is restored after
+        devices = [] if kind == "cpu" else [batch.device]
+        rng = torch.random.fork_rng(devices=devices, device_type="cuda" if kind == "cpu" else kind)
+        with rng, torch.inference_mode():
             torch.manual_seed(seed)
             if architecture == "GFPGAN":
                 out = model.model(batch * 2 - 1, return_rgb=False)[0]

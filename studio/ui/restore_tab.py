@@ -45,6 +45,7 @@ from studio.ui.tool_tab import ToolTab
 MIN_TILE = 64  # the engine's smallest restore tile (studio.engines.restore.MIN_TILE)
 VAE_ARCHITECTURE = "StudioRestoreVAE"  # studio.nn.restore_vae.ARCHITECTURE_ID
 FACE_PASSES = 2  # a face model sees upright faces: as they are, and mirrored
+SEEDED_FACE_MODELS = ("GFPGAN",)  # its decoder draws noise: the seed chooses it
 MASK_HINT = (
     "Red = filled by the next run. The first run detects scratches and dust; paint more or "
     "erase, then Restore again. Clear to detect again."
@@ -64,6 +65,7 @@ class RestoreTab(ToolTab):
         self.parent_id: int | None = None
         self.result_paths: list[Path] = []  # the restored photo, then its variations
         self._jobs: dict[int, str] = {}  # job id -> model name
+        self._passes_before_faces = 0  # the passes a face model could not take, to give back
         self._build()
         self.refresh_models()
         window.modelsChanged.connect(self.refresh_models)
@@ -108,6 +110,7 @@ class RestoreTab(ToolTab):
         )
         self.colour_check = QCheckBox("Correct fading and colour cast")
         self.ensemble_combo = passes_combo()
+        self.ensemble_combo.activated.connect(self._forget_passes_before_faces)
         self.tile_spin = QSpinBox(minimum=0, maximum=4096, singleStep=64)
         self.tile_spin.setSpecialValueText("Automatic")
         self.tile_spin.setSuffix(" px")
@@ -349,24 +352,33 @@ class RestoreTab(ToolTab):
         self._set_results([])
 
     def _sync_enabled(self) -> None:
-        ready = self.input_path is not None and self.model_combo.currentData() is not None
+        info = self.model_info
+        ready = self.input_path is not None and info is not None  # not while a model is read
         self.run_button.setEnabled(ready)
         vae = self._runs_vae()
         for control in (self.scratches_check, self.inpaint_edit, self.variations_spin):
             control.setEnabled(vae)
-        self.seed_row.setEnabled(vae)
+        self.seed_row.setEnabled(vae or getattr(info, "architecture", "") in SEEDED_FACE_MODELS)
         self.mask_hint.setText(MASK_HINT if vae else f"{MASK_HINT} (Studio's VAE only.)")
-        faces = self.model_info is not None and self.model_info.faces
+        faces = info is not None and info.faces
         passes = self.ensemble_combo.model()
         for row in range(self.ensemble_combo.count()):
             upright = int(self.ensemble_combo.itemData(row)) <= FACE_PASSES
             passes.item(row).setEnabled(upright or not faces)
-        if faces and int(self.ensemble_combo.currentData()) > FACE_PASSES:
+        chosen = int(self.ensemble_combo.currentData())
+        if faces and chosen > FACE_PASSES:
+            self._passes_before_faces = chosen  # given back when a model that can is chosen
             choose_passes(self.ensemble_combo, FACE_PASSES)
+        elif not faces and info is not None and self._passes_before_faces:
+            choose_passes(self.ensemble_combo, self._passes_before_faces)
+            self._passes_before_faces = 0
+
+    def _forget_passes_before_faces(self, _row: int) -> None:
+        self._passes_before_faces = 0  # the user chose: that choice stands
 
     def _runs_vae(self) -> bool:
         """Whether the chosen model is Studio's VAE: only it finds and fills scratches and
-        draws variations (a model not inspected yet counts as it: the built-in one is first)."""
+        draws variations (a model still being read counts as it: the built-in one is first)."""
         info = self.model_info
         return info is None or info.architecture == VAE_ARCHITECTURE
 
