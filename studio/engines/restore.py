@@ -417,8 +417,7 @@ def _restore_faces(
     from studio.engines.faces import restore_faces
     from studio.engines.tiling import dihedral_mean
 
-    colour, _alpha = _split_alpha(picture.pixels)
-    rgb = np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour
+    colour, rgb = _colour_and_rgb(picture)
 
     network = face_network(model, info.architecture, request.seed)
     net = dihedral_mean(network, request.ensemble, cancelled)
@@ -499,8 +498,7 @@ def _restore_with_vae(
     progress: Progress,
     cancelled: CancelCheck,
 ) -> _Outcome:
-    colour, _alpha = _split_alpha(picture.pixels)
-    rgb = np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour
+    colour, rgb = _colour_and_rgb(picture)
     passes = request.variations * (2 if request.fix_scratches else 1)
     network = _VAEPasses(model, rgb, tile, request.ensemble, cancelled)
     done = 0
@@ -663,6 +661,12 @@ def apply_levels(pixels: np.ndarray, levels: tuple[np.ndarray, np.ndarray]) -> n
     middle = (low + high) / 2
     low = np.where(high - low < 1 / MAX_LEVELS_GAIN, middle - span / 2, low)
     return np.clip((pixels - low) / span, 0, 1).astype(np.float32)
+
+
+def _colour_and_rgb(picture: Picture) -> tuple[np.ndarray, np.ndarray]:
+    """The picture's colour planes, and the same as RGB (grey repeated) for an RGB network."""
+    colour, _alpha = _split_alpha(picture.pixels)
+    return colour, np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour
 
 
 def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
