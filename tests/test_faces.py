@@ -85,6 +85,7 @@ def test_a_face_model_restores_the_face_through_the_engine(tmp_path, face_model)
     assert info.faces and info.purpose == "restore" and info.architecture == "RestoreFormer"
     result = run(RestoreRequest(str(PORTRAIT), str(face_model), device="cpu"))
     assert result.notes == ("1 face restored",)
+    assert result.facts.extra["tile"] == 0  # faces are restored whole, never tiled
     after = result.pictures[0].pixels
     before = portrait()
     x, y, w, h = find_faces(before)[0].box

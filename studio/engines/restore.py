@@ -264,6 +264,8 @@ def run(
         raise Cancelled
     with use_model(info, device, choice.dtype, cache) as model:
         tile = request.tile or max(auto_tile(info, device, choice.dtype), MIN_TILE)
+        if info.faces:
+            tile = 0  # one aligned crop per face: nothing is tiled
         restorer = _restorer_for(model, info, request)
         outcome = restorer(model, info, picture, mask, request, tile, progress, cancelled)
     filled_by = "decoder" if outcome.damage_mask is not None else None

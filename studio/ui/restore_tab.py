@@ -361,6 +361,7 @@ class RestoreTab(ToolTab):
         self.seed_row.setEnabled(vae or getattr(info, "architecture", "") in SEEDED_FACE_MODELS)
         self.mask_hint.setText(MASK_HINT if vae else f"{MASK_HINT} (Studio's VAE only.)")
         faces = info is not None and info.faces
+        self.tile_spin.setEnabled(not faces)  # a face model restores each face whole
         passes = self.ensemble_combo.model()
         for row in range(self.ensemble_combo.count()):
             upright = int(self.ensemble_combo.itemData(row)) <= FACE_PASSES

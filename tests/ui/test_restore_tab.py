@@ -171,6 +171,7 @@ def test_the_controls_follow_what_the_chosen_model_can_do(window, tab, qtbot, tm
     ]
     assert offered == [1, 2]
     assert not tab.seed_row.isEnabled()  # RestoreFormer draws nothing: the seed changes nothing
+    assert not tab.tile_spin.isEnabled()  # each face is restored whole
 
     tab.set_model(vae)
     qtbot.waitUntil(
@@ -179,4 +180,4 @@ def test_the_controls_follow_what_the_chosen_model_can_do(window, tab, qtbot, tm
     assert tab.scratches_check.isEnabled() and tab.build_request().fix_scratches
     assert all(tab.ensemble_combo.model().item(r).isEnabled() for r in range(4))
     assert tab.ensemble_combo.currentData() == 8  # given back: this model can take them
-    assert tab.seed_row.isEnabled()
+    assert tab.seed_row.isEnabled() and tab.tile_spin.isEnabled()
