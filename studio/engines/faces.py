@@ -4,9 +4,10 @@ Such a model restores one face at 512x512 px, placed as in FFHQ (the eyes at the
 points); run over a whole photo tile by tile it would paint a face into every tile. So Studio
 finds the faces first with OpenCV's Haar cascades (frontal faces, then the two eyes inside each
 box; where the eyes are not found, where they usually sit in such a box), turns and scales each
-face with the similarity that puts its eyes on the template's, restores that crop, and pastes it
-back through the inverse transform under a feathered mask. Every pixel outside the faces is the
-input's. The cascades ship in `studio/assets/faces/` (OpenCV's, under its licence there).
+face with the similarity that puts its eyes on the template's, restores that crop, and adds the
+model's change back through the inverse transform under a feathered oval around the face. Every
+pixel outside the ovals is the input's. The cascades ship in `studio/assets/faces/` (OpenCV's,
+under its licence there).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _grey(pixels: np.ndarray) -> np.ndarray:
 
 
 def _eyes(face: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """The centres of the two eyes the eye cascade finds in the upper half of a face box, if it
+    """The centres of the two eyes the eye cascade finds in the upper 60 % of a face box, if it
     finds one on each side; None otherwise."""
     h, w = face.shape
     found = _cascade("haarcascade_eye.xml").detectMultiScale(
