@@ -30,31 +30,6 @@ PORTRAIT = Path(__file__).resolve().parents[1] / "tests" / "data" / "portrait.jp
 PHOTO_FOLDERS = ("/usr/share/backgrounds", "/usr/share/backgrounds/mate/nature")
 
 
-def boxes(pixels: np.ndarray) -> list[tuple[int, float, bool]]:
-    """(width, confidence, eyes found) of every box the face cascade reports, as find_faces
-    sees the picture."""
-    grey = faces._grey(pixels)
-    shrink = min(1.0, faces.DETECT_SIDE / max(grey.shape))
-    small = cv2.equalizeHist(
-        cv2.resize(grey, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
-    )
-    found, _levels, confidences = faces._cascade(
-        "haarcascade_frontalface_default.xml"
-    ).detectMultiScale3(
-        small, scaleFactor=1.1, minNeighbors=5, minSize=(faces.MIN_FACE, faces.MIN_FACE),
-        outputRejectLevels=True,
-    )  # fmt: skip
-    return [
-        (int(w), float(c), faces._eyes(small[y : y + h, x : x + w]) is not None)
-        for (x, y, w, h), c in zip(found, confidences, strict=True)
-    ]
-
-
-def kept(box: tuple[int, float, bool]) -> bool:
-    _width, confidence, eyes = box
-    return confidence > 0 and (eyes or confidence >= faces.EYELESS_CONFIDENCE)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", action="append", help="folders of photos without faces")
@@ -71,26 +46,28 @@ def main(argv: list[str] | None = None) -> int:
                 pixels = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
             else:
                 pixels = np.asarray(portrait.resize((side, side), resample))
-            found = boxes(pixels.astype(np.float32) / 255)
-            face = max(found, default=None, key=lambda b: b[1])
+            found = faces.candidates(pixels.astype(np.float32) / 255)
+            face = max(found, default=None, key=lambda c: c.confidence)
             if face is None:
                 print(f"| {side} | {name} | none | | | no |")
                 continue
-            width, confidence, eyes = face
-            print(f"| {side} | {name} | {width} | {confidence:.2f} | {eyes} | {kept(face)} |")
+            print(
+                f"| {side} | {name} | {face.box[2]} | {face.confidence:.2f} | {face.eyes_found} "
+                f"| {face.kept} |"
+            )
     print("\nphotos without faces:")
     total = kept_count = 0
     highest = -np.inf
     for folder in args.data or PHOTO_FOLDERS:
         for path in sorted(Path(folder).glob("*.jp*g")):
             image = Image.open(path).convert("RGB")
-            found = boxes(np.asarray(image, np.float32) / 255)
+            found = faces.candidates(np.asarray(image, np.float32) / 255)
             total += len(found)
-            kept_count += sum(kept(b) for b in found)
+            kept_count += sum(c.kept for c in found)
             if found:
-                best = max(b[1] for b in found)
+                best = max(c.confidence for c in found)
                 highest = max(highest, best)
-                eyes = sum(b[2] for b in found)
+                eyes = sum(c.eyes_found for c in found)
                 print(f"  {path.name}: {len(found)} boxes, best {best:.2f}, {eyes} with eyes")
     print(
         f"\n{total} boxes on photos without faces, most confident {highest:.2f}; kept: {kept_count}"

@@ -66,8 +66,23 @@ def _cascade(name: str) -> cv2.CascadeClassifier:
     return classifier
 
 
-def find_faces(pixels: np.ndarray) -> list[Face]:
-    """The frontal faces in an (H, W, C) float picture in [0, 1], largest first."""
+@dataclass(frozen=True)
+class Candidate:
+    """A box the face cascade reports, before it is judged a face; in the photo's pixels."""
+
+    box: tuple[int, int, int, int]  # x, y, width, height
+    confidence: float  # the cascade's level weight
+    eyes: tuple[tuple[float, float], tuple[float, float]]  # found, or guessed from the box
+    eyes_found: bool
+
+    @property
+    def kept(self) -> bool:
+        return self.confidence > 0 and (self.eyes_found or self.confidence >= EYELESS_CONFIDENCE)
+
+
+def candidates(pixels: np.ndarray) -> list[Candidate]:
+    """Every box the face cascade reports in an (H, W, C) float picture in [0, 1], largest
+    first (`find_faces` keeps the faces among them; `bench/faces.py` shows them all)."""
     grey = _grey(pixels)
     height, width = grey.shape
     shrink = min(1.0, DETECT_SIDE / max(height, width))
@@ -79,18 +94,21 @@ def find_faces(pixels: np.ndarray) -> list[Face]:
         small, scaleFactor=1.1, minNeighbors=5, minSize=(MIN_FACE, MIN_FACE),
         outputRejectLevels=True,
     )  # fmt: skip
-    faces = []
+    found = []
     for (x, y, w, h), confidence in sorted(
-        zip(boxes, confidences, strict=True), key=lambda found: -int(found[0][2])
+        zip(boxes, confidences, strict=True), key=lambda box: -int(box[0][2])
     ):
         eyes = _eyes(small[y : y + h, x : x + w])
-        if (eyes is None and confidence < EYELESS_CONFIDENCE) or confidence <= 0:
-            continue
-        eyes = eyes or _box_eyes(int(w), int(h))
         box = (round(x / shrink), round(y / shrink), round(w / shrink), round(h / shrink))
-        left, right = ((float(x + ex) / shrink, float(y + ey) / shrink) for ex, ey in eyes)
-        faces.append(Face(box, (left, right)))
-    return faces
+        guess = eyes or _box_eyes(int(w), int(h))
+        left, right = ((float(x + ex) / shrink, float(y + ey) / shrink) for ex, ey in guess)
+        found.append(Candidate(box, float(confidence), (left, right), eyes is not None))
+    return found
+
+
+def find_faces(pixels: np.ndarray) -> list[Face]:
+    """The frontal faces in an (H, W, C) float picture in [0, 1], largest first."""
+    return [Face(c.box, c.eyes) for c in candidates(pixels) if c.kept]
 
 
 def _grey(pixels: np.ndarray) -> np.ndarray:

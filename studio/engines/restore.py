@@ -266,7 +266,7 @@ def run(
         tile = request.tile or max(auto_tile(info, device, choice.dtype), MIN_TILE)
         if info.faces:
             tile = 0  # one aligned crop per face: nothing is tiled
-        restorer = _restorer_for(model, info, request)
+        restorer = _restorer_for(info)
         outcome = restorer(model, info, picture, mask, request, tile, progress, cancelled)
     filled_by = "decoder" if outcome.damage_mask is not None else None
     if request.inpaint_model and outcome.damage_mask is not None and outcome.damage_mask.any():
@@ -373,10 +373,12 @@ class _Outcome:
 _Restorer = Callable[..., _Outcome]
 
 
-def _restorer_for(model: Any, info: Any, request: RestoreRequest) -> _Restorer:
-    from studio.nn.restore_vae import RestoreVAE
+def _restorer_for(info: Any) -> _Restorer:
+    """Studio's VAE, a face model, or any other restorer spandrel reads (the same test of the
+    architecture as `_refuse_what_it_cannot_do`)."""
+    from studio.nn.restore_vae import ARCHITECTURE_ID
 
-    if isinstance(model.model, RestoreVAE):
+    if info.architecture == ARCHITECTURE_ID:
         return _restore_with_vae
     return _restore_faces if info.faces else _restore_with_spandrel
 
